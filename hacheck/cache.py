@@ -1,0 +1,80 @@
+"""A time-bounded cache of check results that also shares checks in flight.
+
+The cache knows nothing about protocols: it runs a coroutine for a key. N
+callers asking for the same key while its check runs all wait for that one
+check. Entries expire ``ttl`` seconds after they were stored and are removed
+as time passes, so memory stays bounded however many distinct keys pass through.
+"""
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable, Dict, Hashable, Tuple
+
+COUNTER_NAMES = ("gets", "hits", "misses", "sets", "expirations", "coalesced")
+
+
+class CheckCache:
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self._clock = clock
+        # Insertion order is expiry order because every entry lives exactly ttl.
+        self._entries: OrderedDict[Hashable, Tuple[float, Any]] = OrderedDict()
+        self._in_flight: Dict[Hashable, asyncio.Future[Any]] = {}
+        self.counters: Dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def stats(self) -> Dict[str, int]:
+        """The counters and current size, for ``/status``."""
+        return {**self.counters, "size": len(self._entries), "in_flight": len(self._in_flight)}
+
+    def _evict_expired(self, now: float) -> None:
+        entries = self._entries
+        while entries:
+            key, (expires_at, _) = next(iter(entries.items()))
+            if expires_at > now:
+                return
+            del entries[key]
+            self.counters["expirations"] += 1
+
+    async def get_or_run(self, key: Hashable, run: Callable[[], Awaitable[Any]], bypass: bool = False) -> Any:
+        """A fresh cached value for ``key``, else the value of ``run()``, shared by concurrent callers.
+
+        ``bypass`` (``Pragma: no-cache``) skips the cached value and the shared
+        check and runs a new one, whose result is then stored for others.
+        """
+        now = self._clock()
+        self._evict_expired(now)
+        counters = self.counters
+        counters["gets"] += 1
+        if not bypass:
+            entry = self._entries.get(key)
+            if entry is not None:
+                counters["hits"] += 1
+                return entry[1]
+            pending = self._in_flight.get(key)
+            if pending is not None:
+                counters["coalesced"] += 1
+                return await asyncio.shield(pending)
+        counters["misses"] += 1
+        task = asyncio.ensure_future(run())
+        if not bypass:
+            self._in_flight[key] = task
+        task.add_done_callback(lambda done: self._finish(key, done, bypass))
+        # A caller that goes away must not cancel the check others are waiting for.
+        return await asyncio.shield(task)
+
+    def _finish(self, key: Hashable, task: "asyncio.Future[Any]", bypass: bool) -> None:
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
+        if task.cancelled() or task.exception() is not None or self.ttl <= 0:
+            return
+        self._entries.pop(key, None)
+        self._entries[key] = (self._clock() + self.ttl, task.result())
+        self.counters["sets"] += 1

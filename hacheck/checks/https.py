@@ -1,0 +1,7 @@
+"""The `https` check (not implemented yet)."""
+
+from hacheck.checks.base import CheckContext, CheckResult, Target
+
+
+async def check(target: Target, query: str, context: CheckContext) -> CheckResult:
+    return CheckResult(501, "https check not implemented yet")

@@ -1,0 +1,168 @@
+"""The daemon's configuration: defaults, YAML loading and validation.
+
+One ``Config`` object is built at start-up and handed down; nothing reads the
+file again. A value of the wrong type is a ``ConfigError`` whose message names
+the key and the file; an unknown key is only a warning, so old files keep working.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import yaml
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key or problem."""
+
+
+@dataclass(frozen=True)
+class Config:
+    cache_time: float = 10.0
+    service_name_header: Optional[str] = None
+    log_path: str = "stderr"
+    mysql_username: Optional[str] = None
+    mysql_password: Optional[str] = None
+    postgresql_username: Optional[str] = None
+    postgresql_password: Optional[str] = None
+    postgresql_database: str = "postgres"
+    rlimit_nofile: Optional[Union[str, int]] = None
+    allow_remote_spool_changes: bool = False
+    http_headers_to_copy: Tuple[str, ...] = ("Host",)
+    healthcheck_timeout: float = 10.0
+    max_clients: int = 10
+    source: Optional[str] = field(default=None, compare=False)
+
+    @classmethod
+    def load(cls, path: Optional[str]) -> Tuple["Config", List[str]]:
+        """Read ``path`` (None: defaults). Returns the config and warnings to log."""
+        if path is None:
+            return cls(), []
+        try:
+            with open(path, "rb") as config_file:
+                document = yaml.safe_load(config_file)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read configuration file: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0] if str(err) else "invalid YAML"
+            raise ConfigError(f"{path}: not a valid YAML file: {problem}") from err
+        return cls.from_mapping(document, source=path)
+
+    @classmethod
+    def from_mapping(cls, document: Any, source: str = "<config>") -> Tuple["Config", List[str]]:
+        """Validate a parsed document. An empty document means every default."""
+        if document is None:
+            document = {}
+        if not isinstance(document, dict):
+            raise ConfigError(
+                f"{source}: the configuration must be a mapping of keys to values, "
+                f"not {type(document).__name__}"
+            )
+        values: Dict[str, Any] = {}
+        warnings = []
+        for key, raw in document.items():
+            validator = _VALIDATORS.get(key) if isinstance(key, str) else None
+            if validator is None:
+                warnings.append(f"{source}: unknown configuration key {key!r} ignored")
+                continue
+            try:
+                values[key] = validator(raw)
+            except ValueError as err:
+                raise ConfigError(f"{source}: key {key!r}: {err}") from None
+        return cls(source=source, **values), warnings
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _number(minimum: float, allow_equal: bool) -> Callable[[Any], float]:
+    def validate(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number of seconds, got {value!r}")
+        if value < minimum or (not allow_equal and value == minimum) or value != value:
+            bound = ">=" if allow_equal else ">"
+            raise ValueError(f"expected a number {bound} {minimum}, got {value!r}")
+        if value == float("inf"):
+            raise ValueError("expected a finite number")
+        return float(value)
+    return validate
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string, got {value!r}")
+
+
+def _credential(value: Any) -> Optional[str]:
+    # YAML turns an all-digit password into a number; it was still meant as text.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a string, got {value!r}")
+    return str(value)
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    return None if value is None else _text(value)
+
+
+def _header_name(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    name = _text(value)
+    if not name or any(c in name for c in " :\r\n\t"):
+        raise ValueError(f"expected an HTTP header name, got {value!r}")
+    return name
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _header_list(value: Any) -> Tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of header names, got {value!r}")
+    return tuple(_header_name(item) or "" for item in value if item is not None)
+
+
+def _rlimit(value: Any) -> Union[str, int]:
+    if value == "max":
+        return "max"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected 'max' or a whole number >= 1, got {value!r}")
+    return value
+
+
+def _log_path(value: Any) -> str:
+    path = _text(value)
+    if not path:
+        raise ValueError("expected 'stdout', 'stderr' or a file path, got an empty string")
+    return path
+
+
+_VALIDATORS: Dict[str, Callable[[Any], Any]] = {
+    "cache_time": _number(0, allow_equal=True),
+    "service_name_header": _header_name,
+    "log_path": _log_path,
+    "mysql_username": _credential,
+    "mysql_password": _credential,
+    "postgresql_username": _credential,
+    "postgresql_password": _credential,
+    "postgresql_database": _text,
+    "rlimit_nofile": _rlimit,
+    "allow_remote_spool_changes": _boolean,
+    "http_headers_to_copy": _header_list,
+    "healthcheck_timeout": _number(0, allow_equal=False),
+    "max_clients": _positive_int,
+}

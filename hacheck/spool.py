@@ -1,0 +1,277 @@
+"""The spool: one file per operator downtime, shared by the daemon and the tools.
+
+A file named ``all``, ``<service>``, ``<service>:<port>`` or
+``<service>:<host>:<port>`` in the spool root means "down". Its content is JSON
+``{"reason", "expiration", "creation"}``, or, for files written by older
+versions, plain text that is the whole reason. This module knows nothing about
+HTTP or Tornado; it never deletes a file while reading (a reader that removed
+an expired downtime could race an operator renewing it).
+"""
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+DEFAULT_SPOOL_ROOT = "/var/spool/hacheck"
+ALL = "all"
+LOCALHOST = "127.0.0.1"
+
+# A spool file is a few hundred bytes; anything longer is read as a prefix so a
+# huge or hostile file cannot cost unbounded memory.
+MAX_READ_BYTES = 64 * 1024
+
+# Temporary files of atomic writes start with this, and listings skip them.
+_TEMP_PREFIX = ".#hacheck-tmp."
+
+
+class InvalidServiceName(ValueError):
+    """A service name that cannot be a spool file name."""
+
+
+class SpoolError(OSError):
+    """The spool root cannot be created, read or written; the message names the path."""
+
+
+@dataclass(frozen=True)
+class Downtime:
+    """One operator downtime as read from a spool file."""
+
+    reason: str = ""
+    expiration: Optional[float] = None
+    creation: Optional[float] = None
+
+    def is_expired(self, now: Optional[float] = None) -> bool:
+        if self.expiration is None:
+            return False
+        return self.expiration <= (time.time() if now is None else now)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"reason": self.reason, "expiration": self.expiration, "creation": self.creation}
+        )
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """A downtime together with what it applies to (``host``/``port`` None when unset)."""
+
+    service: str
+    host: Optional[str]
+    port: Optional[int]
+    downtime: Downtime
+
+    @property
+    def filename(self) -> str:
+        return spool_filename(self.service, self.port, self.host)
+
+
+def validate_service_name(service: str) -> None:
+    """Refuse names that are not a single, ordinary file name inside the spool root."""
+    if not isinstance(service, str) or service in ("", ".", ".."):
+        raise InvalidServiceName(f"invalid service name {service!r}")
+    if "/" in service or "\0" in service:
+        raise InvalidServiceName(f"invalid service name {service!r}: '/' and NUL are not allowed")
+    if service.startswith(_TEMP_PREFIX):
+        raise InvalidServiceName(f"invalid service name {service!r}: reserved prefix")
+
+
+def spool_filename(service: str, port: Optional[int] = None, host: Optional[str] = None) -> str:
+    """The file name of a downtime; a host of 127.0.0.1 is the same as no host."""
+    validate_service_name(service)
+    if port is None:
+        if host not in (None, "", LOCALHOST):
+            raise ValueError("a downtime for a host needs a port too")
+        return service
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"invalid port {port!r}")
+    if host in (None, "", LOCALHOST):
+        return f"{service}:{port}"
+    if "/" in host or "\0" in host:
+        raise ValueError(f"invalid host {host!r}")
+    return f"{service}:{host}:{port}"
+
+
+def parse_filename(name: str) -> Tuple[str, Optional[str], Optional[int]]:
+    """Split a spool file name back into (service, host, port).
+
+    Names whose suffix is not a port are a plain service name, so legacy files
+    with odd names still list as downtimes.
+    """
+    service, sep, rest = name.partition(":")
+    if not sep:
+        return name, None, None
+    host, sep, port_text = rest.rpartition(":")
+    if port_text.isdigit() and int(port_text) <= 65535:
+        return service, (host if sep else None), int(port_text)
+    return name, None, None
+
+
+def _as_time(value) -> Optional[float]:
+    """A unix time from JSON, or None for anything that is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def parse_downtime(content: bytes) -> Downtime:
+    """Read a spool file's bytes; never raises.
+
+    JSON objects give their fields (wrong types are ignored); anything else,
+    empty, binary or plain text, is a legacy file whose whole content is the reason.
+    """
+    text = content.decode("utf-8", errors="replace")
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        return Downtime(reason=text.rstrip("\r\n"))
+    reason = record.get("reason")
+    if reason is None:
+        reason = ""
+    elif not isinstance(reason, str):
+        reason = json.dumps(reason)
+    return Downtime(
+        reason=reason,
+        expiration=_as_time(record.get("expiration")),
+        creation=_as_time(record.get("creation")),
+    )
+
+
+class Spool:
+    """The spool directory: reading, atomic writing, and listing of downtimes."""
+
+    def __init__(self, root: str = DEFAULT_SPOOL_ROOT):
+        self.root = root
+
+    def ensure_root(self, mode: int = 0o750) -> None:
+        """Create the root when missing; raise SpoolError naming it when that fails."""
+        try:
+            os.makedirs(self.root, mode=mode, exist_ok=True)
+        except OSError as err:
+            raise SpoolError(f"cannot create spool directory {self.root}: {err.strerror}") from err
+        if not os.path.isdir(self.root):
+            raise SpoolError(f"spool path {self.root} is not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise SpoolError(f"spool directory {self.root} is not readable")
+
+    def path(self, service: str, port: Optional[int] = None, host: Optional[str] = None) -> str:
+        return os.path.join(self.root, spool_filename(service, port, host))
+
+    def read(self, service: str, port: Optional[int] = None, host: Optional[str] = None) -> Optional[Downtime]:
+        """The downtime stored for exactly this entry, expired or not; None when there is none."""
+        return self._read_file(self.path(service, port, host))
+
+    def _read_file(self, path: str) -> Optional[Downtime]:
+        try:
+            with open(path, "rb") as spool_file:
+                return parse_downtime(spool_file.read(MAX_READ_BYTES))
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            # Present but unreadable (permissions, a directory, ...): a file
+            # there means down, so stay on the safe side and say why.
+            return Downtime(reason=f"unreadable spool entry: {err.strerror}")
+
+    def active(self, service: str, port: Optional[int] = None, host: Optional[str] = None,
+               now: Optional[float] = None) -> Optional[Downtime]:
+        """The downtime of exactly this entry when it has not expired."""
+        downtime = self.read(service, port, host)
+        if downtime is None or downtime.is_expired(now):
+            return None
+        return downtime
+
+    def find_downtime(self, service: str, port: Optional[int] = None, host: Optional[str] = None,
+                      now: Optional[float] = None) -> Optional[Tuple[str, Downtime]]:
+        """The first downtime that keeps ``service`` (on ``host``:``port``) down.
+
+        Looks at ``all``, then the service, then the service on that port (and
+        host). Returns (name of the entry that matched, downtime), or None when up.
+        """
+        now = time.time() if now is None else now
+        candidates = [(ALL, None, None), (service, None, None)]
+        if port is not None:
+            candidates.append((service, port, host))
+        for name, entry_port, entry_host in candidates:
+            downtime = self.active(name, entry_port, entry_host, now)
+            if downtime is not None:
+                return name, downtime
+        return None
+
+    def down(self, service: str, reason: str = "", expiration: Optional[float] = None,
+             port: Optional[int] = None, host: Optional[str] = None,
+             creation: Optional[float] = None, now: Optional[float] = None) -> Downtime:
+        """Write a downtime atomically.
+
+        Downing again with the same reason keeps the first creation time, so a
+        renewal extends the expiration without resetting "down since".
+        """
+        now = time.time() if now is None else now
+        path = self.path(service, port, host)
+        if creation is None:
+            previous = self._read_file(path)
+            if previous is not None and previous.reason == reason and not previous.is_expired(now):
+                creation = previous.creation
+        downtime = Downtime(reason=reason, expiration=expiration,
+                            creation=now if creation is None else creation)
+        self._write_atomically(path, downtime.to_json().encode("utf-8"))
+        return downtime
+
+    def up(self, service: str, port: Optional[int] = None, host: Optional[str] = None) -> bool:
+        """Remove a downtime; True when there was one. Not being down is not an error."""
+        path = self.path(service, port, host)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except IsADirectoryError as err:
+            raise SpoolError(f"cannot remove {path}: it is a directory") from err
+        except OSError as err:
+            raise SpoolError(f"cannot remove {path}: {err.strerror}") from err
+        return True
+
+    def _write_atomically(self, path: str, content: bytes) -> None:
+        """Write to a temporary file in the same directory, then rename over the target."""
+        try:
+            fd, temp_path = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=self.root)
+        except OSError as err:
+            raise SpoolError(f"cannot write to spool directory {self.root}: {err.strerror}") from err
+        try:
+            with os.fdopen(fd, "wb") as temp_file:
+                temp_file.write(content)
+                temp_file.flush()
+                os.fsync(temp_file.fileno())
+            os.chmod(temp_path, 0o644)
+            os.replace(temp_path, path)
+        except OSError as err:
+            try:
+                os.unlink(temp_path)
+            except OSError:
+                pass
+            raise SpoolError(f"cannot write {path}: {err.strerror}") from err
+
+    def entries(self, now: Optional[float] = None, include_expired: bool = False) -> List[SpoolEntry]:
+        """Every downtime in the spool, sorted by file name."""
+        now = time.time() if now is None else now
+        return sorted(self._iter_entries(now, include_expired), key=lambda entry: entry.filename)
+
+    def _iter_entries(self, now: float, include_expired: bool) -> Iterator[SpoolEntry]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise SpoolError(f"cannot read spool directory {self.root}: {err.strerror}") from err
+        for name in names:
+            if name.startswith(_TEMP_PREFIX):
+                continue
+            downtime = self._read_file(os.path.join(self.root, name))
+            if downtime is None or (not include_expired and downtime.is_expired(now)):
+                continue
+            service, host, port = parse_filename(name)
+            yield SpoolEntry(service=service, host=host, port=port, downtime=downtime)
