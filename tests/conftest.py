@@ -3,9 +3,12 @@
 import os
 import shutil
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -53,3 +56,16 @@ def spool_root(tmp_path) -> str:
     root = tmp_path / "spool"
     root.mkdir()
     return str(root)
+
+
+def tool_argv(name: str) -> list:
+    """The argv that runs the tool ``name`` (``hadown``, ``hacheck``, ...) from this checkout's ``bin/``."""
+    return [sys.executable, str(REPO_ROOT / "bin" / name)]
+
+
+def tool_env(**extra: str) -> dict:
+    """The environment for ``tool_argv``: this checkout first on PYTHONPATH, plus ``extra``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
