@@ -1,7 +1,120 @@
-"""The `http` check (not implemented yet)."""
+"""The `http` check: GET the upstream's ``/<query>`` and answer with its status code and body.
 
-from hacheck.checks.base import CheckContext, CheckResult, Target
+`https` is the same request over TLS (``fetch`` takes the scheme). Redirects
+are not followed: a 3xx is the answer. An upstream that refuses, hangs up or
+stays silent is a 503 whose message says which.
+"""
+
+import asyncio
+import urllib.parse
+
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httputil import HTTPHeaders, HTTPInputError
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
+
+from hacheck import __version__
+from hacheck.checks.base import CheckContext, CheckResult, Target, describe_connect_error
+
+USER_AGENT = f"hastate {__version__}"
+
+# Health pages are small. Reading stops past this size, so an endless body
+# costs at most this much memory and answers at once instead of at the timeout.
+MAX_BODY_BYTES = 64 * 1024
+
+# Left as they are in the path: what a URL path may hold, and '%' so that a
+# query which is already escaped is not escaped twice.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 
 async def check(target: Target, query: str, context: CheckContext) -> CheckResult:
-    return CheckResult(501, "http check not implemented yet")
+    return await fetch("http", target, query, context)
+
+
+async def fetch(scheme: str, target: Target, query: str, context: CheckContext) -> CheckResult:
+    """GET ``<scheme>://<host>:<port>/<query>?<query string>``; the upstream's code and body are the result."""
+    url = upstream_url(scheme, target, query, context.query_string)
+    body = _BoundedBody(MAX_BODY_BYTES)
+    request = HTTPRequest(
+        url,
+        headers=outbound_headers(context),
+        follow_redirects=False,
+        connect_timeout=context.timeout,
+        request_timeout=context.timeout,
+        validate_cert=False,  # https: health checks talk to self-signed and internal certificates
+        decompress_response=True,
+        streaming_callback=body.append,
+    )
+    # raise_error=False keeps every HTTP status from raising; what still
+    # raises is a failure to get any complete answer.
+    pending = context.resources.http_client.fetch(request, raise_error=False)
+    # When run_check's timeout cancels this check first, Tornado still ends the
+    # fetch at its own timeout: shield it and collect that late outcome, so it
+    # is not logged as an error.
+    pending.add_done_callback(_collect_outcome)
+    try:
+        response = await asyncio.shield(pending)
+    except (HTTPClientError, OSError) as err:
+        return CheckResult(503, _failure_message(err, url, target, body, context))
+    return CheckResult(response.code, body.text())
+
+
+def upstream_url(scheme: str, target: Target, query: str, query_string: str) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    path = urllib.parse.quote(query, safe=_PATH_SAFE)
+    url = f"{scheme}://{host}:{target.port}/{path}"
+    return f"{url}?{query_string}" if query_string else url
+
+
+def outbound_headers(context: CheckContext) -> HTTPHeaders:
+    """User-Agent, the incoming headers named in ``http_headers_to_copy``, and the service name header."""
+    headers = HTTPHeaders({"User-Agent": USER_AGENT})
+    incoming = {name.lower(): value for name, value in (context.headers or {}).items()}
+    for name in context.config.http_headers_to_copy:
+        value = incoming.get(name.lower())
+        if value is not None:
+            headers[name] = value
+    if context.config.service_name_header:
+        headers[context.config.service_name_header] = context.service
+    return headers
+
+
+def _collect_outcome(pending: "asyncio.Future") -> None:
+    if not pending.cancelled():
+        pending.exception()
+
+
+def _failure_message(err: Exception, url: str, target: Target, body: "_BoundedBody", context: CheckContext) -> str:
+    if body.too_large:
+        return f"Answer from {url} is larger than {MAX_BODY_BYTES // 1024} KiB; stopped reading it"
+    if isinstance(err, HTTPTimeoutError):
+        if "queue" in err.message:
+            return (f"Request to {url} timed out after {context.timeout:.2f}s waiting for a free "
+                    f"outbound connection (max_clients={context.config.max_clients})")
+        return f"Request to {url} timed out after {context.timeout:.2f}s"
+    if isinstance(err, HTTPStreamClosedError):
+        return f"Connection closed by {target.host}:{target.port} before a complete answer to {url}"
+    if isinstance(err, OSError):
+        return describe_connect_error(err, target)
+    return f"Request to {url} failed: {err}"
+
+
+class _BodyTooLarge(HTTPInputError):
+    """Raised from the body callback; Tornado then drops the connection as for a malformed answer."""
+
+
+class _BoundedBody:
+    """Collects an answer's body up to ``limit`` bytes and aborts the read beyond that."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.data = bytearray()
+        self.too_large = False
+
+    def append(self, chunk: bytes) -> None:
+        if len(self.data) + len(chunk) > self.limit:
+            self.too_large = True
+            raise _BodyTooLarge(f"body larger than {self.limit} bytes")
+        self.data += chunk
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")

@@ -1,7 +1,8 @@
-"""The `https` check (not implemented yet)."""
+"""The `https` check: the `http` check over TLS, without verifying the certificate."""
 
 from hacheck.checks.base import CheckContext, CheckResult, Target
+from hacheck.checks.http import fetch
 
 
 async def check(target: Target, query: str, context: CheckContext) -> CheckResult:
-    return CheckResult(501, "https check not implemented yet")
+    return await fetch("https", target, query, context)

@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Benchmark hacheck against the Tornado ceiling, in one run, on this machine.
+
+Starts a bare Tornado application (every GET answers an empty 200: what
+Tornado itself costs per request), a fast upstream service, and hacheck with a
+temporary spool and config; loads each with wrk, with keep-alive and with
+``Connection: close`` (HAProxy opens a connection per check), and prints the
+figures with their ratio to the ceiling measured in the same run. Also
+measures -n 1 against -n 2, coalescing of concurrent cold checks, memory
+before and after many distinct check keys, and start-up time.
+
+    python3 bench/run.py                 # the full run (a few minutes)
+    python3 bench/run.py --tiny          # a smoke run of a few seconds
+
+Absolute numbers vary from machine to machine; the ratios are what count.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Targets from the performance issue; the ratios are to the bare-Tornado ceiling.
+TARGETS = {
+    "ratio_cached_http": 0.85,
+    "ratio_spool": 0.85,
+    "scaling_n2_over_n1": 1.5,
+    "coalesced_upstream_requests": 1,
+    "rss_growth_after_expiry_mb": 20.0,
+}
+
+
+# ---------------------------------------------------------------- helper servers
+
+def serve_bare(port: int) -> None:
+    """The ceiling: a Tornado application that answers every GET with an empty 200."""
+    import tornado.ioloop
+    import tornado.web
+
+    class Empty(tornado.web.RequestHandler):
+        def get(self, *_):
+            pass
+
+    tornado.web.Application([(r"/.*", Empty)]).listen(port, "127.0.0.1")
+    tornado.ioloop.IOLoop.current().start()
+
+
+def serve_upstream(port: int) -> None:
+    """A fast upstream for http and tcp checks; ``/slow/...`` answers after 0.5 s.
+
+    ``/__count?prefix=/slow`` tells how many requests reached paths with that prefix.
+    """
+    import tornado.ioloop
+    import tornado.web
+
+    seen = {}
+
+    class Count(tornado.web.RequestHandler):
+        def get(self):
+            prefix = self.get_argument("prefix", "/")
+            self.write({"count": sum(n for path, n in seen.items() if path.startswith(prefix))})
+
+    class Upstream(tornado.web.RequestHandler):
+        async def get(self, *_):
+            seen[self.request.path] = seen.get(self.request.path, 0) + 1
+            if self.request.path.startswith("/slow"):
+                await asyncio.sleep(0.5)
+            self.write("ok")
+
+    tornado.web.Application([(r"/__count", Count), (r"/.*", Upstream)]).listen(port, "127.0.0.1")
+    tornado.ioloop.IOLoop.current().start()
+
+
+# ---------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_answering(port: int, path: str = "/", timeout: float = 20.0) -> float:
+    """Poll until an HTTP GET gets any answer; returns the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return time.monotonic() - started
+        except urllib.error.HTTPError:
+            return time.monotonic() - started
+        except OSError:
+            time.sleep(0.005)
+    raise RuntimeError(f"nothing answered on port {port} within {timeout}s")
+
+
+class Processes:
+    """Every process the benchmark starts, stopped together at the end."""
+
+    def __init__(self):
+        self.running = []
+        self.workdir = tempfile.mkdtemp(prefix="hacheck-bench-")
+
+    def start(self, argv, env=None) -> subprocess.Popen:
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        self.running.append(process)
+        return process
+
+    def helper(self, role: str, port: int) -> subprocess.Popen:
+        process = self.start([sys.executable, __file__, f"--serve-{role}", str(port)])
+        wait_until_answering(port)
+        return process
+
+    def hacheck(self, name: str, cache_time: float, workers: int = 1):
+        """Start hacheck; returns (process, port, seconds from exec to first answer)."""
+        port = free_port()
+        spool = os.path.join(self.workdir, f"spool-{name}")
+        config = os.path.join(self.workdir, f"{name}.yaml")
+        with open(config, "w") as config_file:
+            config_file.write(f"cache_time: {cache_time}\nmax_clients: 100\n")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        argv = [sys.executable, str(REPO_ROOT / "bin" / "hacheck"), "-p", str(port),
+                "--spool-root", spool, "-c", config, "-n", str(workers)]
+        started = time.monotonic()
+        process = self.start(argv, env=env)
+        wait_until_answering(port, "/status")
+        return process, port, time.monotonic() - started
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.running:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+# ---------------------------------------------------------------- wrk
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _latency_ms(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
+
+
+def run_wrk(url: str, duration: float, connections: int, threads: int = 1, close: bool = False) -> dict:
+    """Load ``url`` with wrk; requests/s, p50 and p99 in ms, and errors (socket errors + non-2xx/3xx)."""
+    argv = ["wrk", "--latency", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    output = subprocess.run(argv + [url], capture_output=True, text=True, check=True).stdout
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
+    for percent in ("50", "99"):
+        match = re.search(rf"^\s+{percent}%\s+(\S+)", output, re.M)
+        figures[f"p{percent}_ms"] = round(_latency_ms(match.group(1)), 3) if match else None
+    errors = 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    figures["errors"] = errors
+    figures["requests"] = int(re.search(r"(\d+) requests in", output).group(1))
+    return figures
+
+
+# ---------------------------------------------------------------- measurements
+
+async def fire_concurrently(port: int, path: str, count: int) -> list:
+    """Send ``count`` GETs at once, each on its own connection; returns the status codes."""
+
+    async def one() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await reader.readline()
+        await reader.read()
+        writer.close()
+        return int(status_line.split()[1])
+
+    return await asyncio.gather(*[one() for _ in range(count)])
+
+
+def measure_coalescing(hacheck_port: int, upstream_port: int, count: int) -> dict:
+    path = f"/http/coalesce/{upstream_port}/slow/cold"
+    codes = asyncio.run(fire_concurrently(hacheck_port, path, count))
+    with urllib.request.urlopen(f"http://127.0.0.1:{upstream_port}/__count?prefix=/slow/cold") as answer:
+        upstream_requests = json.load(answer)["count"]
+    return {"concurrent_checks": count, "upstream_requests": upstream_requests,
+            "non_200_answers": sum(1 for code in codes if code != 200)}
+
+
+async def request_distinct_keys(port: int, path_prefix: str, keys: int, connections: int = 32) -> int:
+    """GET ``path_prefix + n`` for n in range(keys) over keep-alive connections; returns failures."""
+    next_key = iter(range(keys))
+    failures = 0
+
+    async def worker() -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for key in next_key:
+            writer.write(f"GET {path_prefix}{key} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                header = await reader.readline()
+                if header in (b"\r\n", b""):
+                    break
+                name, _, value = header.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            if not status_line.startswith(b"HTTP/1.1 200"):
+                failures += 1
+        writer.close()
+
+    await asyncio.gather(*[worker() for _ in range(connections)])
+    return failures
+
+
+def status_of(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status") as answer:
+        return json.load(answer)
+
+
+def measure_memory(processes: Processes, upstream_port: int, keys: int) -> dict:
+    cache_time = 3
+    process, port, _ = processes.hacheck("memory", cache_time=cache_time)
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/tcp/mem/{upstream_port}/warmup").read()
+    start = rss_mb(process.pid)
+    failures = asyncio.run(request_distinct_keys(port, f"/tcp/mem/{upstream_port}/k", keys))
+    cache_size = status_of(port).get("cache", {}).get("size")
+    loaded = rss_mb(process.pid)
+    time.sleep(cache_time + 1)
+    # Expired entries go as the cache is used; one request sweeps them.
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/tcp/mem/{upstream_port}/sweep").read()
+    size_after = status_of(port).get("cache", {}).get("size")
+    after = rss_mb(process.pid)
+    return {"keys_requested": keys, "cache_size_loaded": cache_size,
+            "cache_size_after_expiry": size_after, "rss_start_mb": round(start, 1),
+            "rss_loaded_mb": round(loaded, 1), "rss_after_expiry_mb": round(after, 1),
+            "rss_growth_after_expiry_mb": round(after - start, 1), "errors": failures}
+
+
+def run(args) -> dict:
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is not installed (apt-get install wrk)")
+    processes = Processes()
+    try:
+        bare_port, upstream_port = free_port(), free_port()
+        processes.helper("bare", bare_port)
+        processes.helper("upstream", upstream_port)
+        _, cached_port, startup = processes.hacheck("cached", cache_time=3600)
+        _, uncached_port, _ = processes.hacheck("uncached", cache_time=0)
+
+        scenarios = {
+            "spool check": (cached_port, f"/spool/bench/{upstream_port}/"),
+            "cached http check": (cached_port, f"/http/bench/{upstream_port}/health"),
+            "cached tcp check": (cached_port, f"/tcp/bench/{upstream_port}/"),
+            "uncached http check": (uncached_port, f"/http/bench/{upstream_port}/health"),
+        }
+        results = {"ceiling": {}, "scenarios": {}}
+        for mode, close in (("keep-alive", False), ("close", True)):
+            results["ceiling"][mode] = run_wrk(f"http://127.0.0.1:{bare_port}/", args.duration,
+                                               args.connections, close=close)
+            for name, (port, path) in scenarios.items():
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}").read()  # warm the cache
+                figures = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections, close=close)
+                figures["ratio"] = round(figures["rps"] / results["ceiling"][mode]["rps"], 3)
+                results["scenarios"].setdefault(name, {})[mode] = figures
+
+        _, two_workers_port, _ = processes.hacheck("two-workers", cache_time=3600, workers=2)
+        scaling = {}
+        for label, port in (("n1", cached_port), ("n2", two_workers_port)):
+            path = f"/http/bench/{upstream_port}/health"
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}").read()
+            scaling[label] = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration,
+                                     args.connections * 2, threads=2)
+        scaling["ratio"] = round(scaling["n2"]["rps"] / scaling["n1"]["rps"], 3)
+        results["scaling"] = scaling
+        results["coalescing"] = measure_coalescing(cached_port, upstream_port, args.coalesce)
+        results["memory"] = measure_memory(processes, upstream_port, args.keys)
+        results["startup_seconds"] = round(startup, 3)
+    finally:
+        processes.stop_all()
+    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                          "duration_s": args.duration, "connections": args.connections}
+    results["targets"] = verdicts(results)
+    return results
+
+
+def verdicts(results: dict) -> dict:
+    scenarios = results["scenarios"]
+    every_error = [f["errors"] for s in scenarios.values() for f in s.values()]
+    every_error += [results["scaling"][n]["errors"] for n in ("n1", "n2")] + [results["memory"]["errors"]]
+    checks = {
+        "cached http ratio >= 0.85 (both modes)":
+            min(f["ratio"] for f in scenarios["cached http check"].values()) >= TARGETS["ratio_cached_http"],
+        "spool ratio >= 0.85 (both modes)":
+            min(f["ratio"] for f in scenarios["spool check"].values()) >= TARGETS["ratio_spool"],
+        "-n 2 over -n 1 >= 1.5": results["scaling"]["ratio"] >= TARGETS["scaling_n2_over_n1"],
+        "1 upstream request for the concurrent cold checks":
+            results["coalescing"]["upstream_requests"] == TARGETS["coalesced_upstream_requests"],
+        "RSS after expiry <= start + 20 MB":
+            results["memory"]["rss_growth_after_expiry_mb"] <= TARGETS["rss_growth_after_expiry_mb"],
+        "no failed requests": sum(every_error) == 0,
+    }
+    return {name: "met" if ok else "MISSED" for name, ok in checks.items()}
+
+
+def print_table(results: dict) -> None:
+    print(f"{'scenario':<22} {'mode':<11} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'ratio':>6}")
+    for mode, figures in results["ceiling"].items():
+        print(f"{'bare Tornado ceiling':<22} {mode:<11} {figures['rps']:>10.0f} {figures['p50_ms']:>8.2f} "
+              f"{figures['p99_ms']:>8.2f} {figures['errors']:>7} {1:>6.2f}")
+    for name, modes in results["scenarios"].items():
+        for mode, figures in modes.items():
+            print(f"{name:<22} {mode:<11} {figures['rps']:>10.0f} {figures['p50_ms']:>8.2f} "
+                  f"{figures['p99_ms']:>8.2f} {figures['errors']:>7} {figures['ratio']:>6.2f}")
+    scaling = results["scaling"]
+    print(f"\nscaling: -n 1 {scaling['n1']['rps']:.0f} req/s, -n 2 {scaling['n2']['rps']:.0f} req/s, "
+          f"ratio {scaling['ratio']:.2f}")
+    coalescing = results["coalescing"]
+    print(f"coalescing: {coalescing['concurrent_checks']} concurrent cold checks -> "
+          f"{coalescing['upstream_requests']} upstream request(s)")
+    memory = results["memory"]
+    print(f"memory: RSS {memory['rss_start_mb']} MB at start, {memory['rss_loaded_mb']} MB after "
+          f"{memory['keys_requested']} distinct keys (cache size {memory['cache_size_loaded']}), "
+          f"{memory['rss_after_expiry_mb']} MB after expiry (cache size {memory['cache_size_after_expiry']})")
+    print(f"start-up: {results['startup_seconds']:.3f} s from exec to the first answer")
+    print("\ntargets:")
+    for name, verdict in results["targets"].items():
+        print(f"  {verdict:<7} {name}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10, help="seconds of load per measurement (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent wrk connections (default 32)")
+    parser.add_argument("--keys", type=int, default=100_000, help="distinct check keys for the memory test")
+    parser.add_argument("--coalesce", type=int, default=1000, help="concurrent identical cold checks")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--json", default=str(REPO_ROOT / "bench" / "results.json"),
+                        help="where to write the figures as JSON (default bench/results.json)")
+    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return 0
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+        return 0
+    if args.tiny:
+        args.duration, args.connections, args.keys, args.coalesce = 1, 8, 2000, 50
+    results = run(args)
+    print_table(results)
+    with open(args.json, "w") as output:
+        json.dump(results, output, indent=2)
+    print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
