@@ -7,6 +7,7 @@ their own; everything lives in the ``DaemonState`` found in the application sett
 
 import http.client
 import logging
+import os
 import re
 import time
 from typing import Mapping, Optional, Tuple
@@ -234,6 +235,7 @@ class StatusHandler(BaseHandler):
             "outbound_request_queue_size": state.resources.outbound_queue_size(),
             "requests_in_flight": state.requests_in_flight,
             "version": state.version,
+            "pid": os.getpid(),
         })
 
 
