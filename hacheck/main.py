@@ -115,16 +115,17 @@ def bind(args: argparse.Namespace, reuse_port: bool) -> list:
 async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, reuse_port: bool,
                 on_ready) -> None:
     """Listen, serve until a stop signal, then let requests in flight finish (bounded) and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Handlers first: a stop signal that arrives once the port answers must stop cleanly.
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
     sockets = bind(args, reuse_port)
     app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
                    with_mutornadomon=True)
     state = app.settings["hacheck_state"]
     server = tornado.httpserver.HTTPServer(app, xheaders=False)
     server.add_sockets(sockets)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop.set)
     log.info("hacheck %s listening on %s port %s (pid %d)", __version__, args.bind_address,
              ",".join(map(str, args.ports)), os.getpid())
     on_ready()
@@ -191,12 +192,14 @@ def supervise(args, config, own_ips) -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, forward)
     for _ in range(args.num_procs):
-        pid = spawn()
-        if pid < 0:
+        if stopping:
+            break
+        if spawn() < 0 and not stopping:
             forward(signal.SIGTERM, None)
             _reap_all(workers)
             return 1
-    systemd.notify("READY=1")
+    if not stopping:
+        systemd.notify("READY=1")
     exit_code = 0
     while workers:
         try:
