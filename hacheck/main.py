@@ -218,7 +218,7 @@ def supervise(args, config, own_ips) -> int:
             time.sleep(RESTART_PAUSE)
         if stopping:
             continue
-        if spawn() < 0:
+        if spawn() < 0 and not stopping:
             log.error("replacement worker could not start")
             exit_code = 1
     return exit_code
