@@ -4,28 +4,14 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
 from hacheck.spool import Spool
-from tests.conftest import http_request, tool_argv, tool_env
-from tests.e2e.upstream import threaded_upstream
-
-
-def operator_tool(name, spool_root, *args):
-    """Run the real ``hadown``/``haup``; while the tools are not built, write the spool the same way."""
-    result = subprocess.run(tool_argv(name) + ["--spool-root", spool_root] + list(args),
-                            capture_output=True, text=True, timeout=30, env=tool_env(SUDO_USER="tester"))
-    if "not built yet" in result.stderr:
-        spool = Spool(spool_root)
-        reason = args[args.index("-r") + 1] if "-r" in args else "tester"
-        service = args[-1]
-        spool.down(service, reason=reason) if name == "hadown" else spool.up(service)
-        return
-    assert result.returncode == 0, result.stderr
+from tests.conftest import http_request
+from tests.e2e.support import operator_tool, threaded_upstream
 
 
 def test_hadown_and_haup_change_the_answer(hacheck_daemon):

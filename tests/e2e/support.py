@@ -1,10 +1,14 @@
-"""A real HTTP upstream in a thread, for tests that drive the hacheck process from plain (blocking) code."""
+"""Helpers for tests that drive the hacheck process from plain code: a threaded upstream, the operator tools."""
 
 import contextlib
 import http.server
+import subprocess
 import threading
 import time
 from typing import Iterator
+
+from hacheck.spool import Spool
+from tests.conftest import tool_argv, tool_env
 
 
 class UpstreamState:
@@ -44,3 +48,16 @@ def threaded_upstream(host: str = "127.0.0.1") -> Iterator[tuple]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def operator_tool(name, spool_root, *args):
+    """Run the real ``hadown``/``haup``; while the tools are not built, write the spool the same way."""
+    result = subprocess.run(tool_argv(name) + ["--spool-root", spool_root] + list(args),
+                            capture_output=True, text=True, timeout=30, env=tool_env(SUDO_USER="tester"))
+    if "not built yet" in result.stderr:
+        spool = Spool(spool_root)
+        reason = args[args.index("-r") + 1] if "-r" in args else "tester"
+        service = args[-1]
+        spool.down(service, reason=reason) if name == "hadown" else spool.up(service)
+        return
+    assert result.returncode == 0, result.stderr
