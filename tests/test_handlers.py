@@ -527,3 +527,16 @@ async def test_remote_spool_bad_fields_are_400(get, spool, body):
 @pytest.mark.gen_test
 async def test_post_to_a_check_route_is_405(get):
     assert (await get("/tcp/web/80", method="POST", body="status=down")).code == 405
+
+
+@pytest.mark.hacheck_config(max_clients=1, cache_time=0)
+@pytest.mark.gen_test(timeout=20)
+async def test_status_shows_outbound_requests_waiting_for_a_slot(get):
+    async with http_upstream() as upstream:
+        checks = [asyncio.ensure_future(get(f"/http/web/{upstream.port}/slow?n={n}")) for n in range(3)]
+        while not upstream.in_flight:
+            await asyncio.sleep(0.01)
+        status = json.loads(text(await get("/status")))
+        assert status["outbound_request_queue_size"] == 2
+        await asyncio.gather(*checks)
+        assert json.loads(text(await get("/status")))["outbound_request_queue_size"] == 0

@@ -40,6 +40,8 @@ def test_help_names_every_flag():
     assert result.returncode == 0
     for flag in ("--config-file", "--port", "--bind-address", "--spool-root", "--num-procs", "--verbose", "--version"):
         assert flag in result.stdout
+    for default in ("3333", "0.0.0.0", "/var/spool/hacheck"):
+        assert default in result.stdout
 
 
 @pytest.mark.parametrize("args", [["-p", "http"], ["-p", "70000"], ["-n", "0"], ["--bogus"]])
