@@ -540,3 +540,18 @@ async def test_status_shows_outbound_requests_waiting_for_a_slot(get):
         assert status["outbound_request_queue_size"] == 2
         await asyncio.gather(*checks)
         assert json.loads(text(await get("/status")))["outbound_request_queue_size"] == 0
+
+
+@pytest.mark.gen_test
+async def test_mutornadomon_is_not_served_unless_enabled(get):
+    assert (await get("/mutornadomon")).code == 404
+
+
+@pytest.mark.parametrize("address, allowed", [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+                                              ("192.0.2.5", False), ("10.0.0.1", False), ("garbage", False)])
+def test_mutornadomon_filter_lets_only_loopback_in(address, allowed):
+    from types import SimpleNamespace
+
+    from hacheck.app import is_localhost
+
+    assert is_localhost(SimpleNamespace(remote_ip=address)) is allowed
