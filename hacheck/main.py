@@ -12,6 +12,7 @@ import time
 from typing import List, Optional
 
 import tornado.httpserver
+import tornado.ioloop
 import tornado.netutil
 
 from hacheck import __version__, systemd
@@ -113,7 +114,7 @@ def bind(args: argparse.Namespace, reuse_port: bool) -> list:
 
 
 async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, reuse_port: bool,
-                on_ready) -> None:
+                on_ready, supervisor_pid: Optional[int] = None) -> None:
     """Listen, serve until a stop signal, then let requests in flight finish (bounded) and return."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -129,6 +130,14 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     log.info("hacheck %s listening on %s port %s (pid %d)", __version__, args.bind_address,
              ",".join(map(str, args.ports)), os.getpid())
     on_ready()
+    if supervisor_pid is not None:
+        # A worker whose supervisor was killed outright stops too instead of lingering on the port.
+        def stop_when_orphaned() -> None:
+            if os.getppid() != supervisor_pid:
+                log.warning("supervisor %d is gone; stopping", supervisor_pid)
+                stop.set()
+        orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
+        orphan_watch.start()
     await stop.wait()
     log.info("stopping: no new connections, waiting for %d request(s) in flight", state.requests_in_flight)
     server.stop()
@@ -143,9 +152,9 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     log.info("stopped")
 
 
-def run_worker(args, config, own_ips, reuse_port: bool, on_ready) -> int:
+def run_worker(args, config, own_ips, reuse_port: bool, on_ready, supervisor_pid: Optional[int] = None) -> int:
     try:
-        asyncio.run(serve(args, config, own_ips, reuse_port, on_ready))
+        asyncio.run(serve(args, config, own_ips, reuse_port, on_ready, supervisor_pid))
     except StartupError as err:
         log.error("%s", err)
         sys.stderr.write(f"hacheck: {err}\n")
@@ -157,6 +166,8 @@ def supervise(args, config, own_ips) -> int:
     """Run ``-n`` workers that each bind the ports (SO_REUSEPORT); restart any that dies unexpectedly."""
     workers = {}  # pid -> start time
     stopping = []
+
+    supervisor_pid = os.getpid()
 
     def spawn() -> int:
         ready_read, ready_write = os.pipe()
@@ -171,7 +182,7 @@ def supervise(args, config, own_ips) -> int:
                 os.close(ready_write)
             code = 1
             try:
-                code = run_worker(args, config, own_ips, True, ready)
+                code = run_worker(args, config, own_ips, True, ready, supervisor_pid)
             finally:
                 logging.shutdown()
                 os._exit(code)

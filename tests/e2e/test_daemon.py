@@ -101,6 +101,15 @@ def worker_pids(daemon, requests=60):
     return {json.loads(daemon.get("/status")[1])["pid"] for _ in range(requests)}
 
 
+def alive(pid):
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def children(pid):
     with open(f"/proc/{pid}/task/{pid}/children") as listing:
         return {int(child) for child in listing.read().split()}
@@ -126,11 +135,21 @@ def test_two_workers_share_the_port_and_are_restarted(hacheck_daemon):
         time.sleep(0.1)
     assert worker_pids(daemon) == replaced
     assert daemon.stop() == 0
-    for pid in replaced:
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+    assert not any(alive(pid) for pid in replaced)
 
 
 def test_workers_see_the_same_spool(hacheck_daemon):
     daemon = hacheck_daemon(args=["-n", "2"])
     operator_tool("hadown", daemon.spool_root, "-r", "all workers", "web")
     assert {daemon.get("/spool/web/80")[0] for _ in range(20)} == {503}
+
+
+def test_workers_stop_when_the_supervisor_is_killed(hacheck_daemon):
+    daemon = hacheck_daemon(args=["-n", "2"])
+    workers = children(daemon.pid)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.process.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
