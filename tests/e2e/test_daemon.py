@@ -115,9 +115,17 @@ def children(pid):
         return {int(child) for child in listing.read().split()}
 
 
+def started_workers(daemon, count):
+    """The worker pids once ``count`` of them run (the first answers before the last has started)."""
+    deadline = time.monotonic() + 15
+    while len(children(daemon.pid)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return children(daemon.pid)
+
+
 def test_two_workers_share_the_port_and_are_restarted(hacheck_daemon):
     daemon = hacheck_daemon(args=["-n", "2"])
-    workers = children(daemon.pid)
+    workers = started_workers(daemon, 2)
     assert len(workers) == 2
     assert worker_pids(daemon) == workers  # both workers answer on the one port
     victim = sorted(workers)[0]
@@ -146,7 +154,8 @@ def test_workers_see_the_same_spool(hacheck_daemon):
 
 def test_workers_stop_when_the_supervisor_is_killed(hacheck_daemon):
     daemon = hacheck_daemon(args=["-n", "2"])
-    workers = children(daemon.pid)
+    workers = started_workers(daemon, 2)
+    assert len(workers) == 2
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.process.wait()
     deadline = time.monotonic() + 15
