@@ -161,6 +161,8 @@ class Spool:
         """Create the root when missing; raise SpoolError naming it when that fails."""
         try:
             os.makedirs(self.root, mode=mode, exist_ok=True)
+        except FileExistsError as err:  # something that is not a directory is in the way
+            raise SpoolError(f"spool path {self.root} is not a directory") from err
         except OSError as err:
             raise SpoolError(f"cannot create spool directory {self.root}: {err.strerror}") from err
         if not os.path.isdir(self.root):
