@@ -15,6 +15,7 @@ import os
 import pwd
 import re
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -107,7 +108,7 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     """The parser for one tool; ``action`` None is haupdown, which takes ``-a``."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=DESCRIPTIONS[action],
+        description=textwrap.fill(DESCRIPTIONS[action], width=78),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -417,6 +418,8 @@ def run(prog: str, action: Optional[str], argv: Optional[Sequence[str]] = None) 
     except (SpoolError, ToolError) as err:
         _note(prog, f"error: {err}")
         return 1
+    except BrokenPipeError:
+        raise  # the reader of our output left: handled quietly by _main
     except OSError as err:  # anything the spool did not already name
         _note(prog, f"error: {err.filename or options.spool_root}: {err.strerror or err}")
         return 1

@@ -534,3 +534,14 @@ def test_many_concurrent_downs_and_ups_leave_a_clean_spool(tools):
     result = tools.run("hashowdowned", "--json")
     assert_ok(result, stdout=None)
     assert len(result.stdout.splitlines()) == len(names)
+
+
+def test_reader_leaving_early_is_not_a_traceback(tools):
+    for number in range(6000):
+        tools.write(f"svc{number}", b"r")
+    script = '"$@" | head -n 1; exit "${PIPESTATUS[0]}"'
+    result = subprocess.run(["bash", "-c", script, "bash"] + tools.argv("hashowdowned", []), env=tools.env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("DOWN\tinf\tsvc")
+    assert result.stderr == ""
+    assert result.returncode in (0, 1)
