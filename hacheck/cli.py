@@ -44,6 +44,7 @@ NOT_HUMAN_MESSAGE = "please use --reason option to tell us who you REALLY are"
 DEFAULT_DAEMON_PORT = 3333
 DAEMON_TIMEOUT = 3.0
 MAX_RECENT_BYTES = 16 * 1024 * 1024
+MAX_FILENAME_BYTES = 255  # NAME_MAX of common Linux file systems
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -388,9 +389,11 @@ def _check_names(options) -> None:
     """Refuse every bad name before touching the spool, so nothing is half done."""
     for service in options.services:
         try:
-            spool_filename(service, options.service_port, options.service_host)
+            filename = spool_filename(service, options.service_port, options.service_host)
         except InvalidServiceName as err:
             raise InvalidServiceName(f"{err} (names are files in the spool directory)") from None
+        if len(os.fsencode(filename)) > MAX_FILENAME_BYTES:
+            raise InvalidServiceName(f"invalid service name {service[:40] + '...'!r}: too long for a spool file name")
 
 
 def run(prog: str, action: Optional[str], argv: Optional[Sequence[str]] = None) -> int:

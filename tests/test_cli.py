@@ -134,7 +134,7 @@ def test_usage_errors_exit_2_and_change_nothing(tools, tool, args):
     assert tools.files() == []
 
 
-@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../escape", "/"])
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../escape", "/", pytest.param("x" * 300, id="too-long")])
 def test_refused_service_names_are_one_line_exit_2(tools, name):
     for tool in ("hadown", "haup", "hastatus"):
         result = tools.run(tool, "-r", "x", "good", name)
