@@ -353,6 +353,8 @@ def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
     try:
         recent = json.loads(body.decode("utf-8"))
         seen = recent["seen_services"]
+        if not isinstance(seen, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in seen):
+            raise ValueError("seen_services is not a list of [service, last_response] pairs")
         pairs = [(str(service), last) for service, last in seen]
     except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
         raise ToolError(f"the daemon at {url} did not answer with a /recent JSON document") from None

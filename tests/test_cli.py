@@ -485,9 +485,11 @@ async def test_halist_reads_recent_from_the_daemon(tools):
         answer["body"] = json.dumps({"seen_services": [], "threshold_seconds": 600})
         assert await run_tool_async(tools, "halist", "-p", str(port)) == (0, "", "")
 
-        answer["body"] = "<html>not hacheck</html>"
-        code, stdout, stderr = await run_tool_async(tools, "halist", "-p", str(port))
-        assert (code, stdout) == (1, "") and "did not answer with a /recent JSON" in stderr
+        for body in ("<html>not hacheck</html>", '{"seen_services": {"ab": 1}}', '{"seen": []}', "[]",
+                     '{"seen_services": [["web"]]}'):
+            answer["body"] = body
+            code, stdout, stderr = await run_tool_async(tools, "halist", "-p", str(port))
+            assert (code, stdout) == (1, "") and "did not answer with a /recent JSON" in stderr, body
 
         answer["status"], answer["body"] = 500, "boom"
         code, stdout, stderr = await run_tool_async(tools, "halist", "-p", str(port))
