@@ -1,11 +1,474 @@
-"""The operator tools: haup, hadown, hastatus, hashowdowned, halist, haupdown (being built: issue 2)."""
+"""The operator tools: haup, hadown, hastatus, hashowdowned, halist and haupdown.
 
+One argparse parser serves every tool; ``haupdown -a ACTION`` picks the action,
+the other tools have it fixed. Each action is one function that returns the
+exit code: 0 success, 1 a failure (or, for hastatus, "something is down"),
+2 a usage error.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import math
+import os
+import pwd
+import re
 import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Dict, List, Optional, Sequence
+
+from hacheck.spool import (
+    ALL,
+    DEFAULT_SPOOL_ROOT,
+    LOCALHOST,
+    Downtime,
+    InvalidServiceName,
+    Spool,
+    SpoolError,
+    spool_filename,
+)
+
+ACTIONS = ("up", "down", "status", "status_downed", "list")
+# Same default as the original haupdown: with no -a it lists recent services.
+DEFAULT_ACTION = "list"
+
+NONHUMANS_FILE = "/etc/nonhumans"
+# Testing/packaging hook: another file of non-human account names.
+NONHUMANS_ENV = "HACHECK_NONHUMANS_FILE"
+NOT_HUMAN_MESSAGE = "please use --reason option to tell us who you REALLY are"
+
+DEFAULT_DAEMON_PORT = 3333
+DAEMON_TIMEOUT = 3.0
+MAX_RECENT_BYTES = 16 * 1024 * 1024
+MAX_FILENAME_BYTES = 255  # NAME_MAX of common Linux file systems
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def haupdown(argv=None) -> int:
-    sys.stderr.write("haupdown: not built yet\n")
-    return 1
+class UsageError(Exception):
+    """Bad flags or arguments: exit 2."""
 
 
-haup = hadown = hastatus = hashowdowned = halist = haupdown
+class ToolError(Exception):
+    """The action could not be done (spool not writable, daemon not running): exit 1."""
+
+
+# ---------------------------------------------------------------- parsing
+
+DESCRIPTIONS = {
+    None: "Mark services down or up in the hacheck spool, show their state, "
+          "or list what the local hacheck daemon has seen recently.",
+    "up": "Bring services back up: remove their downtime from the spool. "
+          "A service that is not down is not an error.",
+    "down": "Mark services down: hacheck answers 503 for them until they are "
+            "brought up again or the expiration passes.",
+    "status": "Show whether each service is up or down; exit 1 when any is down.",
+    "status_downed": "Show every active downtime in the spool.",
+    "list": "List the services the local hacheck daemon has seen recently, "
+            "with the last response each one got.",
+}
+
+EPILOG = """\
+output lines:
+  UP<TAB>SERVICE
+  DOWN<TAB>EXPIRATION<TAB>SERVICE<TAB>REASON
+      EXPIRATION is a unix time (%f) or "inf"; with -P, and for per-port
+      downtimes, SERVICE reads SERVICE:HOST:PORT (HOST empty for 127.0.0.1).
+  SERVICE last_response=JSON          (list)
+  --json: one JSON object per line with status, service, host, port,
+      reason, creation and expiration.
+
+exit codes:
+  0 success (status: everything asked about is up)
+  1 status: something is down; otherwise the action failed (spool not
+    writable, daemon not running, a non-human user without --reason)
+  2 usage error (bad flags, missing or invalid service names)
+
+environment:
+  SUDO_USER, SSH_USER  the default reason for down, before the user name
+  HACHECK_NONHUMANS_FILE  read instead of /etc/nonhumans (testing/packaging)
+"""
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return port
+
+
+def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser for one tool; ``action`` None is haupdown, which takes ``-a``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=textwrap.fill(DESCRIPTIONS[action], width=78),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if action is None:
+        parser.add_argument(
+            "-a", "--action", choices=ACTIONS, default=DEFAULT_ACTION,
+            help="what to do: up (haup), down (hadown), status (hastatus), "
+                 "status_downed (hashowdowned) or list (halist); default: %(default)s",
+        )
+    parser.add_argument(
+        "services", nargs="*", metavar="SERVICE",
+        help="service names (up, down and status need at least one; "
+             "status_downed and list take none); 'all' means the whole machine",
+    )
+    parser.add_argument(
+        "--spool-root", metavar="DIR", default=DEFAULT_SPOOL_ROOT,
+        help="the spool directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-r", "--reason", metavar="TEXT", default="",
+        help="down: why the service is down (default: $SUDO_USER, else $SSH_USER, "
+             "else your user name; non-human accounts listed in /etc/nonhumans must give one)",
+    )
+    parser.add_argument(
+        "-e", "--expiration", metavar="WHEN",
+        help="down: when the downtime ends, as a unix time (1767225600) or a "
+             "duration from now (90s, 30m, 2h, 1d); default: never",
+    )
+    parser.add_argument(
+        "-P", "--service-port", metavar="PORT", type=_port,
+        help="up, down, status: only the service on this port",
+    )
+    parser.add_argument(
+        "-H", "--service-host", metavar="HOST",
+        help="with -P: only the service on this host and port "
+             "(as the daemon sees it from X-Nerve-Check-IP / HAProxy's address)",
+    )
+    parser.add_argument(
+        "-p", "--port", metavar="PORT", type=_port, default=DEFAULT_DAEMON_PORT,
+        help="list: the port the local hacheck daemon listens on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--json", action="store_true",
+        help="status, status_downed: print one JSON object per line instead of text",
+    )
+    return parser
+
+
+def parse_expiration(text: str, now: Optional[float] = None) -> float:
+    """A unix time from ``-e``: a unix time, or now plus a duration such as 90s, 30m, 2h, 1d."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    duration = _DURATION.fullmatch(text)
+    if duration:
+        seconds = float(duration.group(1)) * _DURATION_UNITS[duration.group(2)]
+        if seconds <= 0:
+            raise UsageError(f"expiration {text!r}: a duration must be longer than zero")
+        return now + seconds
+    try:
+        expiration = float(text)
+    except ValueError:
+        raise UsageError(
+            f"expiration {text!r} is neither a unix time nor a duration such as 90s, 30m, 2h or 1d"
+        ) from None
+    if not math.isfinite(expiration):
+        raise UsageError(f"expiration {text!r} is not a time")
+    if expiration <= now:
+        raise UsageError(
+            f"expiration {text} ({_utc(expiration)}) is in the past; "
+            f"for a duration write a unit, e.g. {text}s"
+        )
+    return expiration
+
+
+def _utc(timestamp: float) -> str:
+    try:
+        moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# ---------------------------------------------------------------- output
+
+def _printable(text: str) -> str:
+    """Keep one record on one tab-separated line, whatever a legacy file holds."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _normal_host(host: Optional[str]) -> Optional[str]:
+    return None if host in (None, "", LOCALHOST) else host
+
+
+def _label(service: str, port: Optional[int], host: Optional[str]) -> str:
+    """How a line names a downtime: the service, or SERVICE:HOST:PORT when per port."""
+    if port is None:
+        return service
+    return f"{service}:{_normal_host(host) or ''}:{port}"
+
+
+def _expiration_text(downtime: Downtime) -> str:
+    return "inf" if downtime.expiration is None else f"{downtime.expiration:f}"
+
+
+def _down_line(label: str, downtime: Downtime) -> str:
+    return "\t".join(["DOWN", _expiration_text(downtime), _printable(label), _printable(downtime.reason)])
+
+
+def _json_line(status: str, service: str, host: Optional[str], port: Optional[int],
+               downtime: Optional[Downtime]) -> str:
+    return json.dumps({
+        "status": status,
+        "service": service,
+        "host": _normal_host(host),
+        "port": port,
+        "reason": downtime.reason if downtime else None,
+        "creation": downtime.creation if downtime else None,
+        "expiration": downtime.expiration if downtime else None,
+    })
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _note(prog: str, message: str) -> None:
+    sys.stderr.write(f"{prog}: {message}\n")
+
+
+# ---------------------------------------------------------------- actions
+
+def _nonhuman_names() -> set:
+    path = os.environ.get(NONHUMANS_ENV) or NONHUMANS_FILE
+    try:
+        with open(path, encoding="utf-8", errors="replace") as names_file:
+            lines = names_file.read().splitlines()
+    except OSError:
+        return set()
+    return {line.split("#", 1)[0].strip() for line in lines} - {""}
+
+
+def default_reason() -> Optional[str]:
+    """Who is downing: $SUDO_USER, $SSH_USER or the effective user; None for a non-human."""
+    name = os.environ.get("SUDO_USER") or os.environ.get("SSH_USER")
+    if not name:
+        try:
+            name = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:  # a uid without a passwd entry names nobody
+            return None
+    if name in _nonhuman_names():
+        return None
+    return name
+
+
+def action_down(prog: str, spool: Spool, options) -> int:
+    if options.service_port is not None and ALL in options.services:
+        raise UsageError("'all' takes the whole machine down and cannot be limited to a port")
+    expiration = None if options.expiration is None else parse_expiration(options.expiration)
+    reason = options.reason or default_reason()
+    if reason is None:
+        _say(NOT_HUMAN_MESSAGE)
+        return 1
+    spool.ensure_root()
+    for service in options.services:
+        spool.down(service, reason=reason, expiration=expiration,
+                   port=options.service_port, host=options.service_host)
+    return 0
+
+
+def action_up(prog: str, spool: Spool, options) -> int:
+    if not spool.check_root():
+        return 0  # no spool directory: nothing is down
+    port, host = options.service_port, options.service_host
+    for service in options.services:
+        spool.up(service, port=port, host=host)
+    # Helpful, not an error: say what still keeps these services down.
+    for service in options.services:
+        label = _label(service, port, host)
+        found = spool.find_downtime(service, port, host)
+        if found is not None and found[0] == ALL and service != ALL:
+            _note(prog, f"note: {label} is still down because 'all' is down")
+        elif found is not None and port is not None:
+            _note(prog, f"note: {label} is still down because {service} is down on every port "
+                        "(bring it up without -P)")
+        if port is None:
+            for entry in spool.entries():
+                if entry.service == service and entry.port is not None:
+                    flags = f"-P {entry.port}" + (f" -H {entry.host}" if entry.host else "")
+                    _note(prog, f"note: {_label(service, entry.port, entry.host)} is still down on its own "
+                                f"(bring it up with {flags})")
+    return 0
+
+
+def action_status(prog: str, spool: Spool, options) -> int:
+    if not spool.check_root():
+        _note(prog, f"spool directory {spool.root} does not exist: nothing is down")
+    port, host = options.service_port, options.service_host
+    exit_code = 0
+    for service in options.services:
+        found = spool.find_downtime(service, port, host)
+        downtime = found[1] if found else None
+        if downtime is not None:
+            exit_code = 1
+        if options.json:
+            _say(_json_line("DOWN" if downtime else "UP", service, host, port, downtime))
+        elif downtime is None:
+            _say(f"UP\t{_printable(service)}")
+        else:
+            _say(_down_line(_label(service, port, host), downtime))
+    return exit_code
+
+
+def action_status_downed(prog: str, spool: Spool, options) -> int:
+    if not spool.check_root():
+        _note(prog, f"spool directory {spool.root} does not exist: nothing is down")
+        return 0
+    for entry in spool.entries():
+        if options.json:
+            _say(_json_line("DOWN", entry.service, entry.host, entry.port, entry.downtime))
+        else:
+            _say(_down_line(_label(entry.service, entry.port, entry.host), entry.downtime))
+    return 0
+
+
+def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
+    """The daemon's ``/recent`` list of [service, last_response] pairs; ToolError when unreachable."""
+    url = f"http://127.0.0.1:{port}/recent"
+    # No proxies: the daemon is on this machine whatever $http_proxy says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            body = response.read(MAX_RECENT_BYTES)
+    except urllib.error.HTTPError as err:
+        raise ToolError(f"the hacheck daemon at {url} answered HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        reason = getattr(err.reason, "strerror", None) or err.reason
+        raise ToolError(f"cannot reach the hacheck daemon at {url}: {reason} (is hacheck running?)") from None
+    except (OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise ToolError(f"cannot reach the hacheck daemon at {url}: {reason} (is hacheck running?)") from None
+    try:
+        recent = json.loads(body.decode("utf-8"))
+        seen = recent["seen_services"]
+        if not isinstance(seen, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in seen):
+            raise ValueError("seen_services is not a list of [service, last_response] pairs")
+        pairs = [(str(service), last) for service, last in seen]
+    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
+        raise ToolError(f"the daemon at {url} did not answer with a /recent JSON document") from None
+    return sorted(pairs, key=lambda pair: pair[0])
+
+
+def action_list(prog: str, spool: Spool, options) -> int:
+    for service, last_response in fetch_recent(options.port):
+        _say(f"{_printable(service)} last_response={json.dumps(last_response)}")
+    return 0
+
+
+ACTION_FUNCTIONS: Dict[str, Callable[[str, Spool, argparse.Namespace], int]] = {
+    "up": action_up,
+    "down": action_down,
+    "status": action_status,
+    "status_downed": action_status_downed,
+    "list": action_list,
+}
+
+
+def _check_usage(action: str, options) -> None:
+    if options.service_host is not None and options.service_port is None:
+        raise UsageError("-H/--service-host needs -P/--service-port")
+    if action in ("up", "down", "status") and not options.services:
+        raise UsageError(f"{action} needs at least one service name")
+    if action in ("status_downed", "list") and options.services:
+        raise UsageError(f"{action} takes no service names")
+    if options.json and action not in ("status", "status_downed"):
+        raise UsageError("--json only applies to status and status_downed")
+
+
+def _check_names(options) -> None:
+    """Refuse every bad name before touching the spool, so nothing is half done."""
+    for service in options.services:
+        try:
+            filename = spool_filename(service, options.service_port, options.service_host)
+        except InvalidServiceName as err:
+            raise InvalidServiceName(f"{err} (names are files in the spool directory)") from None
+        if len(os.fsencode(filename)) > MAX_FILENAME_BYTES:
+            raise InvalidServiceName(f"invalid service name {service[:40] + '...'!r}: too long for a spool file name")
+
+
+def run(prog: str, action: Optional[str], argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]) for tool ``prog`` and do the action; returns the exit code."""
+    parser = build_parser(prog, action)
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or an error argparse has already printed
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    action = action or options.action
+    if hasattr(sys.stdout, "reconfigure"):
+        # Legacy file names and reasons may hold bytes the terminal cannot show.
+        sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        _check_usage(action, options)
+        _check_names(options)
+        return ACTION_FUNCTIONS[action](prog, Spool(options.spool_root), options)
+    except UsageError as err:
+        parser.print_usage(sys.stderr)
+        _note(prog, f"error: {err}")
+        return 2
+    except (InvalidServiceName, ValueError) as err:
+        _note(prog, f"error: {err}")
+        return 2
+    except (SpoolError, ToolError) as err:
+        _note(prog, f"error: {err}")
+        return 1
+    except BrokenPipeError:
+        raise  # the reader of our output left: handled quietly by _main
+    except OSError as err:  # anything the spool did not already name
+        _note(prog, f"error: {err.filename or options.spool_root}: {err.strerror or err}")
+        return 1
+
+
+def _main(prog: str, action: Optional[str], argv: Optional[Sequence[str]]) -> int:
+    try:
+        exit_code = run(prog, action, argv)
+        sys.stdout.flush()
+        return exit_code
+    except BrokenPipeError:
+        # `hashowdowned | head -1`: the reader left; finish quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def haupdown(argv: Optional[List[str]] = None) -> int:
+    """``haupdown -a ACTION [SERVICE ...]``."""
+    return _main("haupdown", None, argv)
+
+
+def haup(argv: Optional[List[str]] = None) -> int:
+    """``haup SERVICE ...``: bring services up."""
+    return _main("haup", "up", argv)
+
+
+def hadown(argv: Optional[List[str]] = None) -> int:
+    """``hadown SERVICE ...``: mark services down."""
+    return _main("hadown", "down", argv)
+
+
+def hastatus(argv: Optional[List[str]] = None) -> int:
+    """``hastatus SERVICE ...``: UP/DOWN per service."""
+    return _main("hastatus", "status", argv)
+
+
+def hashowdowned(argv: Optional[List[str]] = None) -> int:
+    """``hashowdowned``: every active downtime."""
+    return _main("hashowdowned", "status_downed", argv)
+
+
+def halist(argv: Optional[List[str]] = None) -> int:
+    """``halist``: services the local daemon has seen recently."""
+    return _main("halist", "list", argv)

@@ -11,6 +11,7 @@ an expired downtime could race an operator renewing it).
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ MAX_READ_BYTES = 64 * 1024
 
 # Temporary files of atomic writes start with this, and listings skip them.
 _TEMP_PREFIX = ".#hacheck-tmp."
+
+# A port as spool_filename writes it: ASCII decimal without leading zeros, so
+# a listed entry names the very file the daemon looks for.
+_PORT_TEXT = re.compile(r"0|[1-9][0-9]{0,4}")
 
 
 class InvalidServiceName(ValueError):
@@ -105,7 +110,7 @@ def parse_filename(name: str) -> Tuple[str, Optional[str], Optional[int]]:
     if not sep:
         return name, None, None
     host, sep, port_text = rest.rpartition(":")
-    if port_text.isdigit() and int(port_text) <= 65535:
+    if _PORT_TEXT.fullmatch(port_text) and int(port_text) <= 65535:
         return service, (host if sep else None), int(port_text)
     return name, None, None
 
@@ -114,7 +119,10 @@ def _as_time(value) -> Optional[float]:
     """A unix time from JSON, or None for anything that is not a finite number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too big for a float
+        return None
     return value if math.isfinite(value) else None
 
 
@@ -127,7 +135,7 @@ def parse_downtime(content: bytes) -> Downtime:
     text = content.decode("utf-8", errors="replace")
     try:
         record = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         record = None
     if not isinstance(record, dict):
         return Downtime(reason=text.rstrip("\r\n"))
@@ -153,12 +161,33 @@ class Spool:
         """Create the root when missing; raise SpoolError naming it when that fails."""
         try:
             os.makedirs(self.root, mode=mode, exist_ok=True)
+        except FileExistsError as err:  # something that is not a directory is in the way
+            raise SpoolError(f"spool path {self.root} is not a directory") from err
         except OSError as err:
             raise SpoolError(f"cannot create spool directory {self.root}: {err.strerror}") from err
         if not os.path.isdir(self.root):
             raise SpoolError(f"spool path {self.root} is not a directory")
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise SpoolError(f"spool directory {self.root} is not readable")
+
+    def check_root(self) -> bool:
+        """True when the root is a readable directory, False when it does not exist.
+
+        Anything else (a regular file, a path through one, no permission) raises
+        SpoolError naming the path, so a reader can tell "nothing is down" from
+        "cannot tell".
+        """
+        try:
+            os.stat(self.root)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise SpoolError(f"cannot use spool directory {self.root}: {err.strerror}") from err
+        if not os.path.isdir(self.root):
+            raise SpoolError(f"spool path {self.root} is not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise SpoolError(f"spool directory {self.root} is not readable")
+        return True
 
     def path(self, service: str, port: Optional[int] = None, host: Optional[str] = None) -> str:
         return os.path.join(self.root, spool_filename(service, port, host))
