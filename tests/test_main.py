@@ -157,7 +157,7 @@ def test_verbose_logs_one_access_line_per_request(hacheck_daemon):
     daemon = hacheck_daemon(args=["-v"])
     for _ in range(3):
         daemon.get("/spool/web/80")
-    daemon.stop()
+    assert daemon.stop() == 0
     assert len(access_lines(daemon.output())) == 3
     assert "DEBUG" in daemon.output()
 
@@ -197,6 +197,10 @@ def test_log_file_is_reopened_after_rename(hacheck_daemon, tmp_path):
     log_file = tmp_path / "hacheck.log"
     daemon = hacheck_daemon(config={"log_path": str(log_file)}, args=["-v"])
     daemon.get("/spool/web/80")
+    # Tornado writes the access line just after sending the answer: wait for it before rotating.
+    deadline = time.monotonic() + 10
+    while not access_lines(log_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
     rotated = tmp_path / "hacheck.log.1"
     os.rename(log_file, rotated)
     daemon.get("/spool/web/80")
