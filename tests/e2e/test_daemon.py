@@ -4,13 +4,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
 from hacheck.spool import Spool
-from tests.conftest import http_request
+from tests.conftest import http_request, tool_argv, tool_env
 from tests.e2e.support import operator_tool, threaded_upstream
 
 
@@ -162,3 +163,19 @@ def test_workers_stop_when_the_supervisor_is_killed(hacheck_daemon):
     while time.monotonic() < deadline and any(alive(pid) for pid in workers):
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers)
+
+
+def test_port_downtime_expiration_and_halist(hacheck_daemon):
+    daemon = hacheck_daemon()
+    expiration = time.time() + 3600
+    operator_tool("hadown", daemon.spool_root, "-r", "one port", "-P", "8080", "-e", str(expiration), "web")
+    status, body, _ = daemon.get("/spool/web/8080")
+    assert status == 503
+    assert body.startswith("Service web in down state since ")
+    assert f" until {expiration:f}: one port" in body
+    assert daemon.get("/spool/web/8081")[0] == 200
+    listing = subprocess.run(tool_argv("halist") + ["-p", str(daemon.port)], capture_output=True, text=True,
+                             timeout=30, env=tool_env())
+    assert listing.returncode == 0, listing.stderr
+    lines = dict(line.split(" last_response=", 1) for line in listing.stdout.splitlines())
+    assert json.loads(lines["web"])["code"] == 200  # the last answer was the up port
