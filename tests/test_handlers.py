@@ -13,7 +13,7 @@ from hacheck.activity import Activity
 from hacheck.app import make_app
 from hacheck.config import Config
 from hacheck.spool import Spool
-from tests.checks.upstreams import http_upstream, silent_listener, tls_server_context
+from tests.checks.upstreams import full_backlog_listener, http_upstream, silent_listener, tls_server_context
 from tests.conftest import unused_port
 
 OWN_IP = "192.0.2.77"  # stands in for this machine's own address
@@ -345,6 +345,15 @@ async def test_healthcheck_timeout(get):
         assert response.code == 503
         assert "timed out" in text(response)
         assert time.monotonic() - started < 5
+
+
+@pytest.mark.hacheck_config(healthcheck_timeout=0.5)
+@pytest.mark.gen_test
+async def test_tcp_connect_that_hangs_times_out(get):
+    with full_backlog_listener() as port:
+        response = await get(f"/tcp/web/{port}")
+        assert response.code == 503
+        assert text(response) in ("Connection timed out after 0.50s", "Check timed out after 0.50s")
 
 
 @pytest.mark.hacheck_config(max_clients=1, cache_time=0)

@@ -110,6 +110,12 @@ def mutornadomon_importable():
     return True
 
 
+def test_bind_address_on_a_loopback_alias(hacheck_daemon):
+    daemon = hacheck_daemon(args=["-B", "127.0.0.2"], ready_host="127.0.0.2")
+    assert http_request(daemon.port, "/spool/web/80", host="127.0.0.2")[0] == 200
+    assert not port_open(daemon.port, "127.0.0.1")
+
+
 def test_mutornadomon_served_to_localhost_only(hacheck_daemon):
     require(mutornadomon_importable(), "mutornadomon (and its import of mock) is not installed")
     daemon = hacheck_daemon()
