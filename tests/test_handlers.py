@@ -543,10 +543,11 @@ async def test_post_to_a_check_route_is_405(get):
 async def test_status_shows_outbound_requests_waiting_for_a_slot(get):
     async with http_upstream() as upstream:
         checks = [asyncio.ensure_future(get(f"/http/web/{upstream.port}/slow?n={n}")) for n in range(3)]
-        while not upstream.in_flight:
+        waiting = set()
+        while not all(check.done() for check in checks):
+            waiting.add(json.loads(text(await get("/status")))["outbound_request_queue_size"])
             await asyncio.sleep(0.01)
-        status = json.loads(text(await get("/status")))
-        assert status["outbound_request_queue_size"] == 2
+        assert max(waiting) == 2  # one request out, two waiting for the single slot
         await asyncio.gather(*checks)
         assert json.loads(text(await get("/status")))["outbound_request_queue_size"] == 0
 
