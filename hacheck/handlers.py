@@ -271,8 +271,6 @@ def routes():
         else:
             pattern = rf"/{name}/({SERVICE_PATTERN})/([0-9]+)(?:/(.*))?"
         table.append((pattern, CheckHandler, {"protocol": protocol}))
-    if "spool" not in REGISTRY:
-        table.append((rf"/spool/({SERVICE_PATTERN})/([0-9]+)(?:/(.*))?", CheckHandler, {"protocol": "spool"}))
     table += [
         (r"/status", StatusHandler),
         (r"/status/count", StatusCountHandler),
