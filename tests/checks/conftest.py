@@ -42,9 +42,12 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
 class ScriptedServer:
     """A real TCP server on loopback that sends ``greeting`` and answers lines with ``answer(line)``.
 
-    ``answer`` returns the bytes to send back, or None to stay silent. With no
-    greeting and no answer it accepts connections and never says a word.
+    ``answer`` returns the bytes to send back, None to stay silent, or ``HANG_UP``
+    to close the connection. With no greeting and no answer it accepts connections
+    and never says a word.
     """
+
+    HANG_UP = object()
 
     def __init__(self, greeting: bytes = b"", answer: Optional[Callable[[bytes], Optional[bytes]]] = None):
         greeting_bytes, answer_line = greeting, answer
@@ -56,6 +59,8 @@ class ScriptedServer:
                         self.wfile.write(greeting_bytes)
                     for line in self.rfile:
                         reply = answer_line(line) if answer_line else None
+                        if reply is ScriptedServer.HANG_UP:
+                            return
                         if reply:
                             self.wfile.write(reply)
                 except OSError:
