@@ -43,20 +43,29 @@ class ScriptedServer:
     """A real TCP server on loopback that sends ``greeting`` and answers lines with ``answer(line)``.
 
     ``answer`` returns the bytes to send back, None to stay silent, or ``HANG_UP``
-    to close the connection. With no greeting and no answer it accepts connections
-    and never says a word.
+    to close the connection. With ``drip``, it sends those bytes every 0.1 s after
+    the greeting, forever. With none of these it accepts connections and never
+    says a word.
     """
 
     HANG_UP = object()
 
-    def __init__(self, greeting: bytes = b"", answer: Optional[Callable[[bytes], Optional[bytes]]] = None):
-        greeting_bytes, answer_line = greeting, answer
+    def __init__(
+        self,
+        greeting: bytes = b"",
+        answer: Optional[Callable[[bytes], object]] = None,
+        drip: bytes = b"",
+    ):
+        greeting_bytes, answer_line, drip_bytes = greeting, answer, drip
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
                 try:
                     if greeting_bytes:
                         self.wfile.write(greeting_bytes)
+                    while drip_bytes:  # a server that is alive but never finishes a sentence
+                        self.wfile.write(drip_bytes)
+                        time.sleep(0.1)
                     for line in self.rfile:
                         reply = answer_line(line) if answer_line else None
                         if reply is ScriptedServer.HANG_UP:
@@ -82,8 +91,8 @@ def scripted_server():
     """Factory for ``ScriptedServer``s, all shut down after the test."""
     servers: List[ScriptedServer] = []
 
-    def start(greeting: bytes = b"", answer=None) -> ScriptedServer:
-        server = ScriptedServer(greeting, answer)
+    def start(greeting: bytes = b"", answer=None, drip: bytes = b"") -> ScriptedServer:
+        server = ScriptedServer(greeting, answer, drip)
         servers.append(server)
         return server
 

@@ -117,3 +117,23 @@ async def test_hung_servers_cannot_exhaust_the_thread_pool(mysql_user, silent_se
     patient = dataclasses.replace(context, config=context.config.replace(healthcheck_timeout=5))
     good = await run_check(mysql.check, MARIADB, "", patient)
     assert good.code == 200, good
+
+
+@pytest.mark.gen_test
+async def test_a_dripping_server_cannot_keep_the_only_thread(mysql_user, scripted_server, make_context):
+    # The server starts a huge handshake packet and sends one byte every 0.1 s: no
+    # single read ever times out. The check still ends on time and frees its thread,
+    # so with a pool of one thread the next login gets through.
+    username, password = mysql_user
+    dripping = scripted_server(greeting=b"\xff\xff\x00\x00", drip=b"x")
+    context = make_context(
+        healthcheck_timeout=HUNG_TIMEOUT, max_clients=1, mysql_username=username, mysql_password=password
+    )
+    started = time.monotonic()
+    stuck = await run_check(mysql.check, dripping.target, "", context)
+    assert stuck.code == 503
+    assert time.monotonic() - started < HUNG_TIMEOUT + HUNG_SLACK
+
+    patient = dataclasses.replace(context, config=context.config.replace(healthcheck_timeout=2))
+    good = await run_check(mysql.check, MARIADB, "", patient)
+    assert good.code == 200, good
