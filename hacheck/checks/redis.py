@@ -25,7 +25,6 @@ ANSWERED_ERRORS = (
 )
 
 
-
 def plain_handshake_options() -> Dict[str, object]:
     """Client options for the oldest handshake: RESP2, no HELLO, no CLIENT SETINFO.
 

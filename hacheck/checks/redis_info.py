@@ -37,7 +37,10 @@ async def check(target: Target, query: str, context: CheckContext) -> CheckResul
             )
 
     async with session(target, context.timeout) as client:
-        fields = parse_info(await raw_reply(client, "INFO"))
+        reply = await raw_reply(client, "INFO")
+    if not isinstance(reply, str):
+        return CheckResult(500, f"Expected INFO text, got {reply!r}")
+    fields = parse_info(reply)
 
     if query != "match":
         return CheckResult(200, json.dumps(fields, sort_keys=True))

@@ -163,3 +163,10 @@ async def test_an_unknown_query_is_refused(make_context, closed_port):
 async def test_redis_info_closed_port_is_503(closed_port, make_context):
     result = await run_check(redis_info.check, closed_port, "match", make_context(query_string="role=master"))
     assert result.code == 503
+
+
+@pytest.mark.gen_test
+async def test_info_that_is_not_text_is_500(scripted_server, make_context):
+    server = scripted_server(answer=lambda line: b":42\r\n" if line.strip() == b"INFO" else None)
+    result = await run_check(redis_info.check, server.target, "", make_context())
+    assert (result.code, result.message) == (500, "Expected INFO text, got 42")
