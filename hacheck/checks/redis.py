@@ -71,7 +71,9 @@ async def session(target: Target, timeout: float) -> AsyncIterator[redis.asyncio
     except (redis.exceptions.ConnectionError, OSError) as err:
         raise CheckFailed(503, str(err) or f"Cannot connect to {where}") from None
     finally:
-        await client.aclose()
+        # redis-py 5 renamed close() to aclose(); Debian bookworm ships 4.3.
+        close = getattr(client, "aclose", None) or client.close
+        await close()
 
 
 async def raw_reply(client: redis.asyncio.Redis, command: str) -> str:
