@@ -122,6 +122,7 @@ class CheckHandler(BaseHandler):
 
     def initialize(self, protocol: str) -> None:
         self.protocol = protocol
+        self._request_counted = False
 
     def _parse(self, service: str, port_text: str) -> Optional[int]:
         if service in (".", ".."):
@@ -215,10 +216,13 @@ class CheckHandler(BaseHandler):
                  f":{port}" if entry_port else "", status)
         self.answer(200)
 
-    def on_finish(self) -> None:
-        super().on_finish()
-        service = self.path_args[0] if self.path_args else ""
-        self.state.metrics.count_request(self.protocol, service, self.get_status())
+    def finish(self, chunk=None):
+        # Counted before the answer leaves: a scrape sent after it (maybe to another worker) includes it.
+        if not self._request_counted:
+            self._request_counted = True
+            service = self.path_args[0] if self.path_args else ""
+            self.state.metrics.count_request(self.protocol, service, self.get_status())
+        return super().finish(chunk)
 
     def _optional_time(self, name: str) -> Optional[float]:
         value = self.get_body_argument(name, "").strip()
