@@ -135,6 +135,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
         def stop_when_orphaned() -> None:
             if os.getppid() != supervisor_pid:
                 log.warning("supervisor %d is gone; stopping", supervisor_pid)
+                metrics.remove_orphaned_multiprocess_dir()
                 stop.set()
         orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
         orphan_watch.start()

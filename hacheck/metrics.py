@@ -64,6 +64,13 @@ def remove_multiprocess_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_orphaned_multiprocess_dir() -> None:
+    """Called by a worker whose supervisor was killed outright: the directory would be left behind."""
+    path = multiprocess_dir()
+    if path is not None:
+        remove_multiprocess_dir(path)
+
+
 def worker_exited(pid: int) -> None:
     """Drop a dead worker's gauges (its counters stay: they count work that was done)."""
     path = multiprocess_dir()

@@ -403,3 +403,15 @@ def test_two_workers_add_up_in_every_scrape(hacheck_daemon, tmp_path):
             assert total(samples, "hacheck_cache_entries") == 1
     assert daemon.stop() == 0
     assert list(metrics_parent.iterdir()) == []  # the supervisor removed its directory
+
+
+def test_workers_remove_the_directory_when_the_supervisor_is_killed(hacheck_daemon, tmp_path):
+    metrics_parent = tmp_path / "tmp"
+    metrics_parent.mkdir()
+    daemon = hacheck_daemon(args=["-n", "2"], env={"TMPDIR": str(metrics_parent)})
+    workers = wait_for(lambda: len(children(daemon.pid)) == 2 and children(daemon.pid), what="two workers")
+    assert len(list(metrics_parent.iterdir())) == 1
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.process.wait()
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}/cwd") for pid in workers), what="the workers to stop")
+    assert list(metrics_parent.iterdir()) == []
