@@ -12,9 +12,11 @@ import tornado.web
 from hacheck import __version__
 from hacheck.activity import Activity
 from hacheck.cache import CheckCache
+from hacheck.checks import REGISTRY
 from hacheck.checks.base import SharedResources
 from hacheck.config import Config
 from hacheck.handlers import routes
+from hacheck.metrics import Metrics
 from hacheck.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class DaemonState:
     version: str = __version__
     requests_in_flight: int = 0
     monitor: Any = None
+    metrics: Optional[Metrics] = None
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -85,6 +88,7 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
     ``access_log=False`` skips Tornado's per-request log line entirely.
     ``with_mutornadomon`` needs a current IOLoop (it starts a periodic callback).
     """
+    metrics = Metrics(spool, REGISTRY, per_service=config.metrics_per_service)
     state = DaemonState(
         config=config,
         spool=spool,
@@ -92,7 +96,9 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
         activity=activity if activity is not None else Activity(),
         resources=resources if resources is not None else SharedResources(config),
         own_ips=own_ips if own_ips is not None else frozenset(),
+        metrics=metrics,
     )
+    state.cache.observer = metrics.cache
     settings = {"hacheck_state": state}
     if not access_log:
         settings["log_function"] = _no_access_log

@@ -9,15 +9,36 @@ as time passes, so memory stays bounded however many distinct keys pass through.
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable, Dict, Hashable, Tuple
+from typing import Any, Awaitable, Callable, Dict, Hashable, Optional, Tuple
 
 COUNTER_NAMES = ("gets", "hits", "misses", "sets", "expirations", "coalesced")
 
 
+class CacheObserver:
+    """Told about cache events (the metrics use it); this base ignores them."""
+
+    def hit(self) -> None:
+        pass
+
+    def miss(self) -> None:
+        pass
+
+    def coalesced(self) -> None:
+        pass
+
+    def stored(self, size: int) -> None:
+        pass
+
+    def expired(self, count: int, size: int) -> None:
+        pass
+
+
 class CheckCache:
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic,
+                 observer: Optional[CacheObserver] = None):
         self.ttl = ttl
         self._clock = clock
+        self.observer = observer if observer is not None else CacheObserver()
         # Insertion order is expiry order because every entry lives exactly ttl.
         self._entries: OrderedDict[Hashable, Tuple[float, Any]] = OrderedDict()
         self._in_flight: Dict[Hashable, asyncio.Future[Any]] = {}
@@ -36,12 +57,16 @@ class CheckCache:
 
     def _evict_expired(self, now: float) -> None:
         entries = self._entries
+        expired = 0
         while entries:
             key, (expires_at, _) = next(iter(entries.items()))
             if expires_at > now:
-                return
+                break
             del entries[key]
             self.counters["expirations"] += 1
+            expired += 1
+        if expired:
+            self.observer.expired(expired, len(entries))
 
     async def get_or_run(self, key: Hashable, run: Callable[[], Awaitable[Any]], bypass: bool = False) -> Any:
         """A fresh cached value for ``key``, else the value of ``run()``, shared by concurrent callers.
@@ -57,12 +82,15 @@ class CheckCache:
             entry = self._entries.get(key)
             if entry is not None:
                 counters["hits"] += 1
+                self.observer.hit()
                 return entry[1]
             pending = self._in_flight.get(key)
             if pending is not None:
                 counters["coalesced"] += 1
+                self.observer.coalesced()
                 return await asyncio.shield(pending)
         counters["misses"] += 1
+        self.observer.miss()
         task = asyncio.ensure_future(run())
         if not bypass:
             self._in_flight[key] = task
@@ -78,3 +106,4 @@ class CheckCache:
         self._entries.pop(key, None)
         self._entries[key] = (self._clock() + self.ttl, task.result())
         self.counters["sets"] += 1
+        self.observer.stored(len(self._entries))

@@ -31,6 +31,7 @@ class Config:
     http_headers_to_copy: Tuple[str, ...] = ("Host",)
     healthcheck_timeout: float = 10.0
     max_clients: int = 10
+    metrics_per_service: bool = False
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
@@ -165,4 +166,5 @@ _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "http_headers_to_copy": _header_list,
     "healthcheck_timeout": _number(0, allow_equal=False),
     "max_clients": _positive_int,
+    "metrics_per_service": _boolean,
 }

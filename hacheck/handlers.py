@@ -122,6 +122,7 @@ class CheckHandler(BaseHandler):
 
     def initialize(self, protocol: str) -> None:
         self.protocol = protocol
+        self._request_counted = False
 
     def _parse(self, service: str, port_text: str) -> Optional[int]:
         if service in (".", ".."):
@@ -174,8 +175,10 @@ class CheckHandler(BaseHandler):
                                query_string=query_string, headers=self.request.headers)
         check = REGISTRY[self.protocol]
         bypass = "no-cache" in self.request.headers.get("Pragma", "").lower()
+        time_check = state.metrics.time_check
         return await state.cache.get_or_run(
-            key, lambda: run_check(check, target, query, context), bypass=bypass
+            key, lambda: time_check(self.protocol, service, run_check(check, target, query, context)),
+            bypass=bypass
         )
 
     def post(self, service: str, port_text: str, query: Optional[str] = None) -> None:
@@ -213,6 +216,14 @@ class CheckHandler(BaseHandler):
                  f":{port}" if entry_port else "", status)
         self.answer(200)
 
+    def finish(self, chunk=None):
+        # Counted before the answer leaves: a scrape sent after it (maybe to another worker) includes it.
+        if not self._request_counted:
+            self._request_counted = True
+            service = self.path_args[0] if self.path_args else ""
+            self.state.metrics.count_request(self.protocol, service, self.get_status())
+        return super().finish(chunk)
+
     def _optional_time(self, name: str) -> Optional[float]:
         value = self.get_body_argument(name, "").strip()
         if not value:
@@ -237,6 +248,15 @@ class StatusHandler(BaseHandler):
             "version": state.version,
             "pid": os.getpid(),
         })
+
+
+class MetricsHandler(BaseHandler):
+    """``/metrics``: the Prometheus scrape (every worker's numbers with ``-n``)."""
+
+    def get(self) -> None:
+        body, content_type = self.state.metrics.render()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
 
 
 class StatusCountHandler(BaseHandler):
@@ -275,5 +295,6 @@ def routes():
         (r"/status", StatusHandler),
         (r"/status/count", StatusCountHandler),
         (r"/recent", RecentHandler),
+        (r"/metrics", MetricsHandler),
     ]
     return table

@@ -15,7 +15,7 @@ import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 
-from hacheck import __version__, systemd
+from hacheck import __version__, metrics, systemd
 from hacheck.app import make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
 from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
@@ -135,6 +135,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
         def stop_when_orphaned() -> None:
             if os.getppid() != supervisor_pid:
                 log.warning("supervisor %d is gone; stopping", supervisor_pid)
+                metrics.remove_orphaned_multiprocess_dir()
                 stop.set()
         orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
         orphan_watch.start()
@@ -220,6 +221,7 @@ def supervise(args, config, own_ips) -> int:
         started = workers.pop(pid, None)
         if started is None:
             continue
+        metrics.worker_exited(pid)
         if stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
@@ -258,8 +260,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     own_ips = own_ip_addresses()
     if args.num_procs == 1:
+        metrics.clear_multiprocess_env()
         return run_worker(args, config, own_ips, False, lambda: systemd.notify("READY=1"))
-    return supervise(args, config, own_ips)
+    # Before any worker imports prometheus_client: every worker's metrics go to one private directory.
+    try:
+        metrics_dir = metrics.create_multiprocess_dir()
+    except OSError as err:
+        sys.stderr.write(f"hacheck: cannot create a directory for the workers' metrics: {err}\n")
+        return 1
+    try:
+        return supervise(args, config, own_ips)
+    finally:
+        metrics.remove_multiprocess_dir(metrics_dir)
 
 
 if __name__ == "__main__":

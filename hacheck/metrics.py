@@ -1,0 +1,242 @@
+"""Prometheus metrics: what the daemon counts per request and what ``GET /metrics`` reports.
+
+The request path only increments labelled children looked up once and kept,
+so counting costs a dict lookup and an increment. Downtimes are read from the
+spool when scraped, not counted per request.
+
+With ``-n`` the supervisor gives its workers a private ``PROMETHEUS_MULTIPROC_DIR``
+(``create_multiprocess_dir()``): every worker writes its values there and the
+worker that answers a scrape adds up all of them. prometheus_client decides at
+import time whether values live in memory or in that directory, so this module
+imports it only inside functions, after ``main`` has set or cleared the variable.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Awaitable, Dict, Iterable, Optional, Tuple, TypeVar
+
+from hacheck.cache import CacheObserver
+from hacheck.spool import Spool, SpoolEntry, SpoolError
+
+log = logging.getLogger(__name__)
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The lower-case spelling older prometheus_client releases read too.
+_LEGACY_MULTIPROCESS_ENV = "prometheus_multiproc_dir"
+
+DOWNTIME_KINDS = ("all", "service", "port", "host")
+# States a downtime can be in; each gets a zero sample so the series exist before the first one.
+DOWNTIME_STATES = ("down",)
+
+# From a fast local answer to healthcheck_timeout (10 s by default) and beyond.
+CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+T = TypeVar("T")
+
+
+def multiprocess_dir() -> Optional[str]:
+    """The shared metrics directory of this daemon's workers, or None in single-process mode."""
+    return os.environ.get(MULTIPROCESS_ENV) or None
+
+
+def clear_multiprocess_env() -> None:
+    """Single-process mode keeps values in memory, whatever directory the environment names."""
+    os.environ.pop(MULTIPROCESS_ENV, None)
+    os.environ.pop(_LEGACY_MULTIPROCESS_ENV, None)
+
+
+def create_multiprocess_dir() -> str:
+    """A private directory (mode 0700) for the workers' metrics, named in the environment they inherit.
+
+    Raises ``OSError`` when the directory cannot be created.
+    """
+    path = tempfile.mkdtemp(prefix="hacheck-metrics-")
+    clear_multiprocess_env()
+    os.environ[MULTIPROCESS_ENV] = path
+    return path
+
+
+def remove_multiprocess_dir(path: str) -> None:
+    clear_multiprocess_env()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_orphaned_multiprocess_dir() -> None:
+    """Called by a worker whose supervisor was killed outright: the directory would be left behind."""
+    path = multiprocess_dir()
+    if path is not None:
+        remove_multiprocess_dir(path)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's gauges (its counters stay: they count work that was done)."""
+    path = multiprocess_dir()
+    if path is None:
+        return
+    from prometheus_client import multiprocess
+
+    try:
+        multiprocess.mark_process_dead(pid, path)
+    except OSError as err:
+        log.warning("cannot remove the metrics of worker %d: %s", pid, err)
+
+
+def downtime_kind(entry: SpoolEntry) -> str:
+    """What a downtime applies to: the whole machine, a service, a service on a port, or on a host and port."""
+    if entry.host is not None:
+        return "host"
+    if entry.port is not None:
+        return "port"
+    if entry.service == "all":
+        return "all"
+    return "service"
+
+
+def downtime_state(entry: SpoolEntry) -> str:
+    """``down`` unless the spool records another state for the downtime."""
+    return getattr(entry.downtime, "state", None) or "down"
+
+
+class DowntimeCollector:
+    """``hacheck_downtimes``: active downtimes by kind and state, read from the spool at scrape time."""
+
+    def __init__(self, spool: Spool):
+        self.spool = spool
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            entries = self.spool.entries()
+        except SpoolError as err:
+            log.warning("metrics: %s", err)
+            return
+        counts: Dict[Tuple[str, str], int] = {
+            (kind, state): 0 for kind in DOWNTIME_KINDS for state in DOWNTIME_STATES
+        }
+        for entry in entries:
+            key = (downtime_kind(entry), downtime_state(entry))
+            counts[key] = counts.get(key, 0) + 1
+        family = GaugeMetricFamily("hacheck_downtimes", "Active operator downtimes in the spool.",
+                                   labels=["kind", "state"])
+        for (kind, state), count in counts.items():
+            family.add_metric([kind, state], count)
+        yield family
+
+
+class CacheMetrics(CacheObserver):
+    """Turns the check cache's events into counter increments and the entries gauge."""
+
+    def __init__(self, hits, misses, coalesced, sets, expirations, entries):
+        # Bound methods kept as attributes: a hit costs one call into the client.
+        self.hit = hits.inc
+        self.miss = misses.inc
+        self.coalesced = coalesced.inc
+        self._sets = sets
+        self._expirations = expirations
+        self._entries = entries
+
+    def stored(self, size: int) -> None:
+        self._sets.inc()
+        self._entries.set(size)
+
+    def expired(self, count: int, size: int) -> None:
+        self._expirations.inc(count)
+        self._entries.set(size)
+
+
+class Metrics:
+    """One worker's metrics and the registry a scrape renders; owned by the application's ``DaemonState``.
+
+    ``protocols`` are the only values the ``protocol`` label takes; ``per_service``
+    (the ``metrics_per_service`` key) adds a ``service`` label to requests and check durations.
+    """
+
+    def __init__(self, spool: Spool, protocols: Iterable[str], per_service: bool = False):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+        self.multiprocess_dir = multiprocess_dir()
+        in_memory = values.ValueClass is values.MutexValue
+        if in_memory == (self.multiprocess_dir is not None):
+            raise RuntimeError(
+                "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set or cleared; "
+                "metrics would not add up across workers"
+            )
+        self.per_service = per_service
+        self.protocols = frozenset(protocols)
+        self.registry = CollectorRegistry()
+        # In multiprocess mode values go to files and a scrape reads every worker's files.
+        own = None if self.multiprocess_dir else self.registry
+        if self.multiprocess_dir:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            MultiProcessCollector(self.registry, path=self.multiprocess_dir)
+        self.registry.register(DowntimeCollector(spool))
+
+        service = ("service",) if per_service else ()
+        self._requests = Counter(
+            "hacheck_requests", "Check requests answered, by protocol and HTTP status code.",
+            ("protocol", "code") + service, registry=own)
+        self._durations = Histogram(
+            "hacheck_check_duration_seconds",
+            "Time taken by checks actually run (cache hits and shared checks are not timed).",
+            ("protocol",) + service, buckets=CHECK_DURATION_BUCKETS, registry=own)
+        outbound = Gauge(
+            "hacheck_outbound_requests_in_flight", "Checks running against their services right now.",
+            ("protocol",), multiprocess_mode="livesum", registry=own)
+        self.cache = CacheMetrics(
+            hits=Counter("hacheck_cache_hits", "Checks answered from a fresh cached result.", registry=own),
+            misses=Counter("hacheck_cache_misses", "Checks that were run (not cached, or Pragma: no-cache).",
+                           registry=own),
+            coalesced=Counter("hacheck_cache_coalesced", "Checks that waited for the same check already running.",
+                              registry=own),
+            sets=Counter("hacheck_cache_sets", "Check results stored in the cache.", registry=own),
+            expirations=Counter("hacheck_cache_expirations", "Cached results removed after cache_time.",
+                                registry=own),
+            entries=Gauge("hacheck_cache_entries", "Results in the cache now (all workers added up).",
+                          multiprocess_mode="livesum", registry=own),
+        )
+        # Labelled children are made once and kept: the request path only looks them up.
+        self._outbound = {protocol: outbound.labels(protocol) for protocol in sorted(self.protocols)}
+        self._request_children: Dict[tuple, object] = {}
+        self._duration_children: Dict[tuple, object] = {}
+        if not per_service:
+            for protocol in sorted(self.protocols):
+                self._duration_children[(protocol,)] = self._durations.labels(protocol)
+
+    def count_request(self, protocol: str, service: str, code: int) -> None:
+        """One answered check request."""
+        key = (protocol, code, service) if self.per_service else (protocol, code)
+        child = self._request_children.get(key)
+        if child is None:
+            if protocol not in self.protocols:
+                return
+            labels = (protocol, str(code), service) if self.per_service else (protocol, str(code))
+            child = self._request_children[key] = self._requests.labels(*labels)
+        child.inc()
+
+    async def time_check(self, protocol: str, service: str, check: Awaitable[T]) -> T:
+        """Await ``check`` (a real check, run by the cache) counting it in flight and timing it."""
+        in_flight = self._outbound.get(protocol)
+        if in_flight is None:
+            return await check
+        labels = (protocol, service) if self.per_service else (protocol,)
+        histogram = self._duration_children.get(labels)
+        if histogram is None:
+            histogram = self._duration_children[labels] = self._durations.labels(*labels)
+        in_flight.inc()
+        started = time.perf_counter()
+        try:
+            return await check
+        finally:
+            histogram.observe(time.perf_counter() - started)
+            in_flight.dec()
+
+    def render(self) -> Tuple[bytes, str]:
+        """The scrape: body in Prometheus text format and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
