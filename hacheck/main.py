@@ -1,8 +1,266 @@
-"""The ``hacheck`` daemon command (being built: issue 3)."""
+"""The ``hacheck`` command: flags, configuration, logging, limits, workers, listening, signals."""
 
+import argparse
+import asyncio
+import logging
+import logging.handlers
+import os
+import resource
+import signal
 import sys
+import time
+from typing import List, Optional
+
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+
+from hacheck import __version__, systemd
+from hacheck.app import make_app, own_ip_addresses
+from hacheck.config import Config, ConfigError
+from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
+
+log = logging.getLogger("hacheck")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# A worker that dies this soon after starting is restarted only after a pause,
+# so a worker that cannot start does not turn into a fork loop.
+RESTART_PAUSE = 1.0
 
 
-def main(argv=None) -> int:
-    sys.stderr.write("hacheck: the daemon is not built yet\n")
-    return 1
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line for stderr."""
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hacheck", description="Health-check proxy for HAProxy.")
+    parser.add_argument("-c", "--config-file", help="YAML configuration file")
+    parser.add_argument("-p", "--port", type=_port, action="append", dest="ports",
+                        help="port to listen on; may be repeated (default 3333)")
+    parser.add_argument("-B", "--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--spool-root", default=DEFAULT_SPOOL_ROOT,
+                        help=f"spool directory (default {DEFAULT_SPOOL_ROOT})")
+    parser.add_argument("-n", "--num-procs", type=_positive, default=1,
+                        help="worker processes sharing the listening ports (default 1)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging and one access-log line per request")
+    parser.add_argument("--version", action="version", version=f"hacheck {__version__}")
+    args = parser.parse_args(argv)
+    if not args.ports:
+        args.ports = [3333]
+    return args
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (1-65535)")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def setup_logging(config: Config, verbose: bool) -> None:
+    """Send logs to ``log_path``; a file is reopened when logrotate moves it away."""
+    if config.log_path == "stdout":
+        handler = logging.StreamHandler(sys.stdout)
+    elif config.log_path == "stderr":
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            handler = logging.handlers.WatchedFileHandler(config.log_path)
+        except OSError as err:
+            raise StartupError(f"cannot open log_path {config.log_path} (from {config.source}): "
+                               f"{err.strerror}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Tornado logs every request at INFO on tornado.access; only -v wants those.
+    logging.getLogger("tornado.access").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def apply_rlimit(config: Config) -> None:
+    wanted = config.rlimit_nofile
+    if wanted is None:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted == "max":
+        wanted = hard
+    elif hard != resource.RLIM_INFINITY and wanted > hard:
+        raise StartupError(f"{config.source}: key 'rlimit_nofile': {wanted} is above the hard limit {hard}")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as err:
+        raise StartupError(f"{config.source}: key 'rlimit_nofile': cannot set {wanted}: {err}") from None
+    log.debug("open files limit set to %s (was %s, hard limit %s)", wanted, soft, hard)
+
+
+def bind(args: argparse.Namespace, reuse_port: bool) -> list:
+    sockets = []
+    for port in args.ports:
+        try:
+            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port)
+        except OSError as err:
+            for sock in sockets:
+                sock.close()
+            raise StartupError(f"cannot listen on {args.bind_address}:{port}: {err.strerror}") from None
+    return sockets
+
+
+async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, reuse_port: bool,
+                on_ready, supervisor_pid: Optional[int] = None) -> None:
+    """Listen, serve until a stop signal, then let requests in flight finish (bounded) and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Handlers first: a stop signal that arrives once the port answers must stop cleanly.
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    sockets = bind(args, reuse_port)
+    app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
+                   with_mutornadomon=True)
+    state = app.settings["hacheck_state"]
+    server = tornado.httpserver.HTTPServer(app, xheaders=False)
+    server.add_sockets(sockets)
+    log.info("hacheck %s listening on %s port %s (pid %d)", __version__, args.bind_address,
+             ",".join(map(str, args.ports)), os.getpid())
+    on_ready()
+    if supervisor_pid is not None:
+        # A worker whose supervisor was killed outright stops too instead of lingering on the port.
+        def stop_when_orphaned() -> None:
+            if os.getppid() != supervisor_pid:
+                log.warning("supervisor %d is gone; stopping", supervisor_pid)
+                stop.set()
+        orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
+        orphan_watch.start()
+    await stop.wait()
+    log.info("stopping: no new connections, waiting for %d request(s) in flight", state.requests_in_flight)
+    server.stop()
+    deadline = loop.time() + config.healthcheck_timeout + 2.0
+    while state.requests_in_flight > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(server.close_all_connections(), 2.0)
+    except asyncio.TimeoutError:
+        pass
+    state.close()
+    log.info("stopped")
+
+
+def run_worker(args, config, own_ips, reuse_port: bool, on_ready, supervisor_pid: Optional[int] = None) -> int:
+    try:
+        asyncio.run(serve(args, config, own_ips, reuse_port, on_ready, supervisor_pid))
+    except StartupError as err:
+        log.error("%s", err)
+        sys.stderr.write(f"hacheck: {err}\n")
+        return 1
+    return 0
+
+
+def supervise(args, config, own_ips) -> int:
+    """Run ``-n`` workers that each bind the ports (SO_REUSEPORT); restart any that dies unexpectedly."""
+    workers = {}  # pid -> start time
+    stopping = []
+
+    supervisor_pid = os.getpid()
+
+    def spawn() -> int:
+        ready_read, ready_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(ready_read)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+
+            def ready() -> None:
+                os.write(ready_write, b"1")
+                os.close(ready_write)
+            code = 1
+            try:
+                code = run_worker(args, config, own_ips, True, ready, supervisor_pid)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(ready_write)
+        workers[pid] = time.monotonic()
+        with os.fdopen(ready_read, "rb") as ready_pipe:
+            became_ready = ready_pipe.read(1) == b"1"
+        return pid if became_ready else -pid
+
+    def forward(signum, frame) -> None:
+        stopping.append(signum)
+        for pid in list(workers):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, forward)
+    for _ in range(args.num_procs):
+        if stopping:
+            break
+        if spawn() < 0 and not stopping:
+            forward(signal.SIGTERM, None)
+            _reap_all(workers)
+            return 1
+    if not stopping:
+        systemd.notify("READY=1")
+    exit_code = 0
+    while workers:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        started = workers.pop(pid, None)
+        if started is None:
+            continue
+        if stopping:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        log.error("worker %d exited unexpectedly (%s); starting a new one", pid,
+                  f"signal {-code}" if code < 0 else f"exit code {code}")
+        if time.monotonic() - started < RESTART_PAUSE:
+            time.sleep(RESTART_PAUSE)
+        if stopping:
+            continue
+        if spawn() < 0 and not stopping:
+            log.error("replacement worker could not start")
+            exit_code = 1
+    return exit_code
+
+
+def _reap_all(workers: dict) -> None:
+    while workers:
+        try:
+            pid, _ = os.wait()
+        except ChildProcessError:
+            return
+        workers.pop(pid, None)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        config, warnings = Config.load(args.config_file)
+        setup_logging(config, args.verbose)
+        for warning in warnings:
+            log.warning("%s", warning)
+        apply_rlimit(config)
+        Spool(args.spool_root).ensure_root()
+    except (ConfigError, StartupError, SpoolError) as err:
+        sys.stderr.write(f"hacheck: {err}\n")
+        return 1
+    own_ips = own_ip_addresses()
+    if args.num_procs == 1:
+        return run_worker(args, config, own_ips, False, lambda: systemd.notify("READY=1"))
+    return supervise(args, config, own_ips)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

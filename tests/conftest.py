@@ -69,3 +69,125 @@ def tool_env(**extra: str) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+# --- a running hacheck daemon ------------------------------------------------------
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hacheck_config(**keys): configuration for the daemon under test")
+
+
+def http_request(port: int, path: str, method: str = "GET", headers=None, body=None,
+                 host: str = "127.0.0.1", timeout: float = 15.0):
+    """One request to a daemon on ``host``:``port``; returns (status, body text, headers)."""
+    import http.client
+
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read().decode("utf-8", "replace"), response.headers
+    finally:
+        connection.close()
+
+
+class RunningDaemon:
+    """A ``hacheck`` process started by the ``hacheck_daemon`` fixture."""
+
+    def __init__(self, process, port: int, spool_root: str, output_path: Path, config_path):
+        self.process = process
+        self.port = port
+        self.spool_root = spool_root
+        self.output_path = output_path
+        self.config_path = config_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def get(self, path: str, **kwargs):
+        return http_request(self.port, path, **kwargs)
+
+    def output(self) -> str:
+        """What the process wrote to stdout and stderr so far."""
+        return self.output_path.read_text(errors="replace")
+
+    def stop(self, signum=None, timeout: float = 20.0) -> int:
+        """Send ``signum`` (SIGTERM) and wait; returns the exit code."""
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signum or signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"hacheck did not stop within {timeout}s:\n{self.output()}") from None
+        return self.process.returncode
+
+
+def start_hacheck(tmp_path: Path, config=None, args=(), spool_root=None, port=None, wait: bool = True,
+                  env=None, ready_host: str = "127.0.0.1") -> RunningDaemon:
+    """Start the real ``hacheck`` on an unused port with a temporary spool; wait until it answers.
+
+    ``config`` is a dict written as YAML (or a path string); ``args`` are extra flags.
+    """
+    import subprocess
+    import time
+    import uuid
+
+    import yaml
+
+    port = port or unused_port()
+    spool_root = spool_root or str(tmp_path / f"spool-{uuid.uuid4().hex[:8]}")
+    config_path = None
+    if isinstance(config, dict):
+        config_path = tmp_path / f"hacheck-{uuid.uuid4().hex[:8]}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+    elif config is not None:
+        config_path = Path(config)
+    argv = tool_argv("hacheck") + ["-p", str(port), "--spool-root", spool_root]
+    if config_path is not None:
+        argv += ["-c", str(config_path)]
+    argv += list(args)
+    output_path = tmp_path / f"hacheck-output-{uuid.uuid4().hex[:8]}.txt"
+    with open(output_path, "wb") as output:
+        process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=tool_env(**(env or {})))
+    daemon = RunningDaemon(process, port, spool_root, output_path, config_path)
+    if not wait:
+        return daemon
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"hacheck exited with {process.returncode} at start:\n{daemon.output()}")
+        if port_open(port, ready_host, timeout=0.2):
+            try:
+                if http_request(port, "/status", host=ready_host, timeout=2)[0] == 200:
+                    return daemon
+            except OSError:
+                pass
+        time.sleep(0.05)
+    daemon.stop()
+    raise AssertionError(f"hacheck did not answer within 20s:\n{daemon.output()}")
+
+
+@pytest.fixture
+def hacheck_daemon(tmp_path):
+    """A factory starting real ``hacheck`` processes (see ``start_hacheck``); all are stopped afterwards."""
+    started = []
+
+    def start(**kwargs) -> RunningDaemon:
+        daemon = start_hacheck(tmp_path, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        try:
+            daemon.stop(timeout=10)
+        except AssertionError:
+            pass  # stop() killed it; the test itself already passed or failed

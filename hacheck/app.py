@@ -1,0 +1,106 @@
+"""Builds the Tornado application and the one state object its handlers share."""
+
+import ipaddress
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import tornado.web
+
+from hacheck import __version__
+from hacheck.activity import Activity
+from hacheck.cache import CheckCache
+from hacheck.checks.base import SharedResources
+from hacheck.config import Config
+from hacheck.handlers import routes
+from hacheck.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DaemonState:
+    """Everything a request may read or change; one per worker process, owned by the application."""
+
+    config: Config
+    spool: Spool
+    cache: CheckCache
+    activity: Activity
+    resources: SharedResources
+    started_at: float = field(default_factory=time.time)
+    own_ips: frozenset = frozenset()
+    version: str = __version__
+    requests_in_flight: int = 0
+    monitor: Any = None
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
+        self.resources.close()
+
+
+def own_ip_addresses() -> frozenset:
+    """This machine's addresses as its hostname resolves (checks aimed at them go to 127.0.0.1)."""
+    addresses = set()
+    try:
+        hostname = socket.gethostname()
+        for family, _, _, _, sockaddr in socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP):
+            if family in (socket.AF_INET, socket.AF_INET6):
+                addresses.add(sockaddr[0])
+    except OSError as err:
+        log.warning("cannot resolve this machine's own hostname: %s", err)
+    return frozenset(addresses)
+
+
+def is_localhost(request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote_ip).is_loopback
+    except ValueError:
+        return False
+
+
+def _enable_mutornadomon(app: tornado.web.Application):
+    """Serve ``/mutornadomon`` when the package imports; its absence is not an error."""
+    try:
+        from mutornadomon.config import initialize_mutornadomon
+    except Exception as err:  # ImportError, or a broken install of an optional extra
+        log.debug("mutornadomon not available: %s", err)
+        return None
+    try:
+        return initialize_mutornadomon(tornado_app=app, request_filter=is_localhost)
+    except Exception:
+        log.exception("mutornadomon could not start; /mutornadomon is not served")
+        return None
+
+
+def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
+             activity: Optional[Activity] = None, resources: Optional[SharedResources] = None,
+             own_ips: Optional[frozenset] = None, access_log: bool = True,
+             with_mutornadomon: bool = False) -> tornado.web.Application:
+    """The application; ``app.settings["hacheck_state"]`` is its ``DaemonState``.
+
+    ``access_log=False`` skips Tornado's per-request log line entirely.
+    ``with_mutornadomon`` needs a current IOLoop (it starts a periodic callback).
+    """
+    state = DaemonState(
+        config=config,
+        spool=spool,
+        cache=cache if cache is not None else CheckCache(config.cache_time),
+        activity=activity if activity is not None else Activity(),
+        resources=resources if resources is not None else SharedResources(config),
+        own_ips=own_ips if own_ips is not None else frozenset(),
+    )
+    settings = {"hacheck_state": state}
+    if not access_log:
+        settings["log_function"] = _no_access_log
+    app = tornado.web.Application(routes(), **settings)
+    if with_mutornadomon:
+        state.monitor = _enable_mutornadomon(app)
+    return app
+
+
+def _no_access_log(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's per-request log hook, doing nothing (``-v`` turns logging on)."""

@@ -1,0 +1,57 @@
+"""Helpers for tests that drive the hacheck process from plain code: a threaded upstream, the operator tools."""
+
+import contextlib
+import http.server
+import subprocess
+import threading
+import time
+from typing import Iterator
+
+from tests.conftest import tool_argv, tool_env
+
+
+class UpstreamState:
+    def __init__(self):
+        self.code = 200
+        self.body = b"healthy"
+        self.delay = 0.0
+        self.requests = []
+
+
+def _handler_class(state: UpstreamState):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            state.requests.append((self.path, dict(self.headers)))
+            if state.delay:
+                time.sleep(state.delay)
+            self.send_response(state.code)
+            self.send_header("Content-Length", str(len(state.body)))
+            self.end_headers()
+            self.wfile.write(state.body)
+
+        def log_message(self, *args):
+            pass
+    return Handler
+
+
+@contextlib.contextmanager
+def threaded_upstream(host: str = "127.0.0.1") -> Iterator[tuple]:
+    """Yields (port, state); change ``state.code``/``body``/``delay`` to change the answers."""
+    state = UpstreamState()
+    server = http.server.ThreadingHTTPServer((host, 0), _handler_class(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def operator_tool(name, spool_root, *args):
+    """Run the real operator tool ``name`` (``hadown``, ``haup``, ...) on ``spool_root``; returns its output."""
+    result = subprocess.run(tool_argv(name) + ["--spool-root", spool_root] + list(args),
+                            capture_output=True, text=True, timeout=30, env=tool_env(SUDO_USER="tester"))
+    assert result.returncode == 0, f"{name} {args} exited {result.returncode}: {result.stderr}"
+    return result.stdout
