@@ -18,6 +18,7 @@ PY=/usr/bin/python3
 TOOLS=(hacheck haup hadown hastatus hashowdowned halist haupdown)
 SPOOL=/var/spool/hacheck
 KEEP_SERVICE=debian-ci-keep
+REMOTE_SERVICE=debian-ci-remote
 DOWN_SERVICE=debian-ci-smoke
 
 fail() { echo "debian.sh: FAIL: $*" >&2; exit 1; }
@@ -33,7 +34,7 @@ cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -f "$SPOOL/$KEEP_SERVICE" "$SPOOL/$DOWN_SERVICE"
+    rm -f "$SPOOL/$KEEP_SERVICE" "$SPOOL/$DOWN_SERVICE" "$SPOOL/$REMOTE_SERVICE"
     if [ "$SPOOL_EXISTED" = no ] && ! dpkg -s hacheck >/dev/null 2>&1; then
         rmdir "$SPOOL" 2>/dev/null || true
     fi
@@ -85,8 +86,9 @@ wait_port() {  # wait_port PORT PID LOG
     fail "nothing listening on port $1 after 20s"
 }
 
-# as_hacheck CMD...: run as the service user, the way the unit does.
-as_hacheck() { "${CLEAN[@]}" setpriv --reuid=hacheck --regid=hacheck --init-groups -- "$@"; }
+# Prefix that runs a command as the service user, the way the unit does (it
+# execs, so $! of a background job is the daemon itself).
+AS_HACHECK=(setpriv --reuid=hacheck --regid=hacheck --init-groups --)
 
 step "build dependencies"
 BUILD_DEPS=(dpkg-dev debhelper dh-python python3-all python3-setuptools lintian systemd logrotate)
@@ -199,7 +201,7 @@ NOTIFY_PID=$!
 PIDS+=($NOTIFY_PID)
 sleep 0.3
 PORT="$(spare_port)"
-"${CLEAN[@]}" NOTIFY_SOCKET="@$NOTIFY_NAME" setpriv --reuid=hacheck --regid=hacheck --init-groups -- \
+"${CLEAN[@]}" NOTIFY_SOCKET="@$NOTIFY_NAME" "${AS_HACHECK[@]}" \
     /usr/bin/hacheck -c /etc/hacheck/hacheck.yaml -p "$PORT" -B 127.0.0.1 >"$WORK/hacheck.log" 2>&1 &
 HACHECK_PID=$!
 PIDS+=($HACHECK_PID)
@@ -230,13 +232,13 @@ answer="$(http POST "$BASE/spool/$DOWN_SERVICE/0/x" "status=down&reason=remote")
 kill "$HACHECK_PID"
 wait "$HACHECK_PID" 2>/dev/null || true
 
-step "log_path file under /var/log/hacheck, rotated by the packaged logrotate snippet"
+step "log_path file under /var/log/hacheck, rotated by the packaged logrotate snippet; remote spool changes"
 cp /etc/hacheck/hacheck.yaml "$WORK/logging.yaml"
-echo "log_path: /var/log/hacheck/hacheck.log" >>"$WORK/logging.yaml"
+printf 'log_path: /var/log/hacheck/hacheck.log\nallow_remote_spool_changes: true\n' >>"$WORK/logging.yaml"
 chmod 644 "$WORK/logging.yaml"
 chmod 755 "$WORK"
 PORT="$(spare_port)"
-as_hacheck /usr/bin/hacheck -v -c "$WORK/logging.yaml" -p "$PORT" -B 127.0.0.1 \
+"${CLEAN[@]}" "${AS_HACHECK[@]}" /usr/bin/hacheck -v -c "$WORK/logging.yaml" -p "$PORT" -B 127.0.0.1 \
     >"$WORK/hacheck-logging.log" 2>&1 &
 HACHECK_PID=$!
 PIDS+=($HACHECK_PID)
@@ -249,6 +251,14 @@ expect "http://127.0.0.1:$PORT/spool/after-rotation/1/" 200
 grep -q after-rotation /var/log/hacheck/hacheck.log \
     || fail "hacheck did not reopen /var/log/hacheck/hacheck.log after rotation"
 echo "   rotated, and hacheck writes to the new file"
+# The service user writes the spool (group hacheck, setgid) when allowed to.
+answer="$(http POST "http://127.0.0.1:$PORT/spool/$REMOTE_SERVICE/0/x" "status=down&reason=remote")"
+[ "${answer%% *}" = 200 ] || fail "remote downtime as user hacheck: $answer"
+check_stat "$SPOOL/$REMOTE_SERVICE" "hacheck:hacheck 644"
+status=0
+"${CLEAN[@]}" /usr/bin/hastatus "$REMOTE_SERVICE" >/dev/null || status=$?
+[ "$status" = 1 ] || fail "/usr/bin/hastatus does not see the downtime the service wrote"
+echo "   user hacheck wrote a downtime into the spool; root's hastatus sees it"
 kill "$HACHECK_PID"
 wait "$HACHECK_PID" 2>/dev/null || true
 
@@ -260,6 +270,7 @@ check_stat "$SPOOL" "root:hacheck 2775"
 getent passwd hacheck >/dev/null || fail "the upgrade removed the hacheck user"
 
 step "apt purge leaves nothing behind but the spool"
+if pgrep -u hacheck >/dev/null; then fail "processes of user hacheck still run: $(pgrep -a -u hacheck)"; fi
 apt-get purge -y -qq hacheck >"$WORK/purge.log" 2>&1 || { cat "$WORK/purge.log" >&2; fail "apt purge failed"; }
 if dpkg -s hacheck >/dev/null 2>&1; then fail "dpkg still knows hacheck after purge"; fi
 if [ -n "$(dpkg -L hacheck 2>/dev/null)" ]; then fail "dpkg -L hacheck is not empty after purge"; fi
@@ -272,7 +283,9 @@ if getent passwd hacheck >/dev/null; then fail "the hacheck user is still there 
 if getent group hacheck >/dev/null; then fail "the hacheck group is still there after purge"; fi
 if dpkg-statoverride --list | grep -q hacheck; then fail "dpkg-statoverride entries left after purge"; fi
 [ -f "$SPOOL/$KEEP_SERVICE" ] || fail "purge removed the operators' downtime $SPOOL/$KEEP_SERVICE"
+check_stat "$SPOOL" "root:root 755"
 check_stat "$SPOOL/$KEEP_SERVICE" "root:root 644"
+check_stat "$SPOOL/$REMOTE_SERVICE" "root:root 644"
 echo "   only $SPOOL is left (with its downtimes)"
 
 step "OK"

@@ -55,8 +55,8 @@ def test_notify_to_a_missing_socket_warns_and_returns_false(tmp_path, monkeypatc
     assert missing in caplog.text
 
 
-def start_daemon(tmp_path, spool_root, notify_address, ports):
-    argv = tool_argv("hacheck") + ["--spool-root", spool_root, "-B", "127.0.0.1"]
+def start_daemon(tmp_path, spool_root, notify_address, ports, num_procs=1):
+    argv = tool_argv("hacheck") + ["--spool-root", spool_root, "-B", "127.0.0.1", "-n", str(num_procs)]
     for port in ports:
         argv += ["-p", str(port)]
     log = open(tmp_path / "hacheck.log", "wb")
@@ -94,8 +94,9 @@ def wait_for_ready(sock: socket.socket, process, tmp_path) -> bytes:
     pytest.fail(f"no READY=1 from hacheck (exit code {process.poll()}); its log:\n{log}")
 
 
-@pytest.mark.parametrize("abstract", [False, True], ids=["path-socket", "abstract-socket"])
-def test_daemon_notifies_ready_only_once_it_accepts_connections(tmp_path, spool_root, abstract):
+@pytest.mark.parametrize("abstract, num_procs", [(False, 1), (True, 1), (False, 2)],
+                         ids=["path-socket", "abstract-socket", "two-workers"])
+def test_daemon_notifies_ready_only_once_it_accepts_connections(tmp_path, spool_root, abstract, num_procs):
     ports = [unused_port(), unused_port()]
     if abstract:
         name = f"hacheck-test-{uuid.uuid4().hex}"
@@ -103,7 +104,7 @@ def test_daemon_notifies_ready_only_once_it_accepts_connections(tmp_path, spool_
     else:
         bind_address = notify_address = str(tmp_path / "notify")
     with bind_notify_socket(bind_address) as sock:
-        process = start_daemon(tmp_path, spool_root, notify_address, ports)
+        process = start_daemon(tmp_path, spool_root, notify_address, ports, num_procs)
         try:
             wait_for_ready(sock, process, tmp_path)
             # Checked right away: at READY=1 every port must already accept.
