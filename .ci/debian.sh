@@ -199,7 +199,8 @@ while True:
 EOF
 NOTIFY_PID=$!
 PIDS+=($NOTIFY_PID)
-sleep 0.3
+for _ in $(seq 100); do grep -q "@$NOTIFY_NAME\$" /proc/net/unix && break; sleep 0.1; done
+grep -q "@$NOTIFY_NAME\$" /proc/net/unix || fail "the fake NOTIFY_SOCKET @$NOTIFY_NAME never appeared"
 PORT="$(spare_port)"
 "${CLEAN[@]}" NOTIFY_SOCKET="@$NOTIFY_NAME" "${AS_HACHECK[@]}" \
     /usr/bin/hacheck -c /etc/hacheck/hacheck.yaml -p "$PORT" -B 127.0.0.1 >"$WORK/hacheck.log" 2>&1 &
@@ -232,17 +233,35 @@ answer="$(http POST "$BASE/spool/$DOWN_SERVICE/0/x" "status=down&reason=remote")
 kill "$HACHECK_PID"
 wait "$HACHECK_PID" 2>/dev/null || true
 
-step "log_path file under /var/log/hacheck, rotated by the packaged logrotate snippet; remote spool changes"
-cp /etc/hacheck/hacheck.yaml "$WORK/logging.yaml"
-printf 'log_path: /var/log/hacheck/hacheck.log\nallow_remote_spool_changes: true\n' >>"$WORK/logging.yaml"
-chmod 644 "$WORK/logging.yaml"
+# start_sandboxed LOG RW_PATH... -- ARGS...: /usr/bin/hacheck ARGS as user
+# hacheck on a new $PORT (sets $HACHECK_PID), confined the way the unit's
+# hardening would confine it (systemd itself does not run here): the whole file
+# system read-only (ProtectSystem=strict) but for the RW_PATHs
+# (ReadWritePaths=), /home and /root hidden (ProtectHome=yes).
+start_sandboxed() {
+    local log="$1" rw=()
+    shift
+    while [ "$1" != -- ]; do rw+=("$1"); shift; done
+    shift
+    PORT="$(spare_port)"
+    # unshare and sh exec, so $! is the daemon itself.
+    unshare --mount --propagation private -- /bin/sh -ec '
+        while [ "$1" != -- ]; do mount --bind "$1" "$1"; shift; done; shift
+        mount -o remount,bind,ro /
+        for home in /home /root; do mount -t tmpfs -o mode=000 tmpfs "$home"; done
+        exec "$@"' sandboxed "${rw[@]}" -- \
+        "${CLEAN[@]}" "${AS_HACHECK[@]}" /usr/bin/hacheck -p "$PORT" -B 127.0.0.1 "$@" >"$log" 2>&1 &
+    HACHECK_PID=$!
+    PIDS+=($HACHECK_PID)
+    wait_port "$PORT" "$HACHECK_PID" "$log"
+}
+
+step "the unit's hardening: log_path file, logrotate, spool read-only unless allowed"
+cp /etc/hacheck/hacheck.yaml "$WORK/hardened.yaml"
+printf 'log_path: /var/log/hacheck/hacheck.log\nallow_remote_spool_changes: true\n' >>"$WORK/hardened.yaml"
+chmod 644 "$WORK/hardened.yaml"
 chmod 755 "$WORK"
-PORT="$(spare_port)"
-"${CLEAN[@]}" "${AS_HACHECK[@]}" /usr/bin/hacheck -v -c "$WORK/logging.yaml" -p "$PORT" -B 127.0.0.1 \
-    >"$WORK/hacheck-logging.log" 2>&1 &
-HACHECK_PID=$!
-PIDS+=($HACHECK_PID)
-wait_port "$PORT" "$HACHECK_PID" "$WORK/hacheck-logging.log"
+start_sandboxed "$WORK/hacheck-hardened.log" /var/log/hacheck -- -v -c "$WORK/hardened.yaml"
 expect "http://127.0.0.1:$PORT/spool/before-rotation/1/" 200
 [ -s /var/log/hacheck/hacheck.log ] || fail "hacheck wrote nothing to /var/log/hacheck/hacheck.log"
 logrotate -f -s "$WORK/logrotate.state" /etc/logrotate.d/hacheck || fail "logrotate failed"
@@ -250,15 +269,24 @@ logrotate -f -s "$WORK/logrotate.state" /etc/logrotate.d/hacheck || fail "logrot
 expect "http://127.0.0.1:$PORT/spool/after-rotation/1/" 200
 grep -q after-rotation /var/log/hacheck/hacheck.log \
     || fail "hacheck did not reopen /var/log/hacheck/hacheck.log after rotation"
-echo "   rotated, and hacheck writes to the new file"
-# The service user writes the spool (group hacheck, setgid) when allowed to.
+echo "   logs to /var/log/hacheck/hacheck.log; rotated, and hacheck writes to the new file"
 answer="$(http POST "http://127.0.0.1:$PORT/spool/$REMOTE_SERVICE/0/x" "status=down&reason=remote")"
-[ "${answer%% *}" = 200 ] || fail "remote downtime as user hacheck: $answer"
+[ "${answer%% *}" != 200 ] && [ ! -e "$SPOOL/$REMOTE_SERVICE" ] \
+    || fail "the service wrote the spool without ReadWritePaths=/var/spool/hacheck: $answer"
+echo "   remote spool change without the drop-in -> ${answer:0:100}"
+kill "$HACHECK_PID"
+wait "$HACHECK_PID" 2>/dev/null || true
+
+# With the drop-in the unit's comment describes, user hacheck writes the spool
+# (group hacheck, setgid), and root's tools see its downtimes.
+start_sandboxed "$WORK/hacheck-remote.log" /var/log/hacheck /var/spool/hacheck -- -c "$WORK/hardened.yaml"
+answer="$(http POST "http://127.0.0.1:$PORT/spool/$REMOTE_SERVICE/0/x" "status=down&reason=remote")"
+[ "${answer%% *}" = 200 ] || fail "remote downtime with ReadWritePaths=/var/spool/hacheck: $answer"
 check_stat "$SPOOL/$REMOTE_SERVICE" "hacheck:hacheck 644"
 status=0
 "${CLEAN[@]}" /usr/bin/hastatus "$REMOTE_SERVICE" >/dev/null || status=$?
 [ "$status" = 1 ] || fail "/usr/bin/hastatus does not see the downtime the service wrote"
-echo "   user hacheck wrote a downtime into the spool; root's hastatus sees it"
+echo "   with the drop-in, user hacheck writes a downtime that root's hastatus sees"
 kill "$HACHECK_PID"
 wait "$HACHECK_PID" 2>/dev/null || true
 
