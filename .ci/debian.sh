@@ -91,7 +91,11 @@ wait_port() {  # wait_port PORT PID LOG
 AS_HACHECK=(setpriv --reuid=hacheck --regid=hacheck --init-groups --)
 
 step "build dependencies"
-BUILD_DEPS=(dpkg-dev debhelper dh-python python3-all python3-setuptools lintian systemd logrotate)
+# debian/control's Build-Depends (help2man runs each tool's --help, so the
+# runtime libraries too), and what this script uses.
+BUILD_DEPS=(dpkg-dev debhelper dh-python help2man python3-all python3-setuptools
+            python3-asyncpg python3-pymysql python3-redis python3-tornado python3-yaml
+            lintian systemd logrotate util-linux)
 if ! apt-get install -y -qq --no-install-recommends "${BUILD_DEPS[@]}" >"$WORK/apt.log" 2>&1; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${BUILD_DEPS[@]}" >"$WORK/apt.log" 2>&1 \
@@ -119,6 +123,7 @@ DEB="$WORK/hacheck_${DEB_VERSION}_all.deb"
 CONTENTS="$(dpkg-deb -c "$DEB")"
 for tool in "${TOOLS[@]}"; do
     grep -q " \./usr/bin/$tool\$" <<<"$CONTENTS" || fail "the package has no /usr/bin/$tool"
+    grep -q " \./usr/share/man/man1/$tool\.1\.gz\$" <<<"$CONTENTS" || fail "the package has no man page for $tool"
 done
 if grep -q 'dist-packages/tests/' <<<"$CONTENTS"; then fail "the package ships the test suite"; fi
 echo "   $(basename "$DEB"), $(stat -c %s "$DEB") bytes"
@@ -303,7 +308,7 @@ apt-get purge -y -qq hacheck >"$WORK/purge.log" 2>&1 || { cat "$WORK/purge.log" 
 if dpkg -s hacheck >/dev/null 2>&1; then fail "dpkg still knows hacheck after purge"; fi
 if [ -n "$(dpkg -L hacheck 2>/dev/null)" ]; then fail "dpkg -L hacheck is not empty after purge"; fi
 for path in /etc/hacheck /var/log/hacheck /lib/systemd/system/hacheck.service /etc/logrotate.d/hacheck \
-        /usr/lib/python3/dist-packages/hacheck /usr/share/doc/hacheck \
+        /usr/lib/python3/dist-packages/hacheck /usr/share/doc/hacheck /usr/share/man/man1/hadown.1.gz \
         /etc/systemd/system/multi-user.target.wants/hacheck.service "${TOOLS[@]/#//usr/bin/}"; do
     if [ -e "$path" ] || [ -L "$path" ]; then fail "$path is still there after purge"; fi
 done
