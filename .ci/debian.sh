@@ -4,11 +4,10 @@
 # and tools with Debian's own python3 and libraries, then purge it and check
 # that nothing but the spool is left. Needs root and Debian bookworm.
 #
-# Usage: bash .ci/debian.sh      (from anywhere; about a minute once the
-#                                 build dependencies are installed)
+# Usage: bash .ci/debian.sh      (from anywhere; 15-30 s once the build
+#                                 dependencies are installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO="$PWD"
 export DEBIAN_FRONTEND=noninteractive
 
 # Debian's python3 and nothing else: no pyenv shims, no pip site-packages, no
