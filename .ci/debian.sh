@@ -169,7 +169,10 @@ print(f"   python {sys.version.split()[0]}, tornado {tornado.version}, hacheck {
 EOF
 
 step "systemd-analyze verify (offline: no running systemd needed)"
-systemd-analyze verify /lib/systemd/system/hacheck.service || fail "systemd-analyze verify failed"
+# verify also runs `man hacheck` for Documentation=man:hacheck(1) when man exists.
+man_check=--man=yes
+command -v man >/dev/null || man_check=--man=no
+systemd-analyze verify "$man_check" /lib/systemd/system/hacheck.service || fail "systemd-analyze verify failed"
 grep -qx 'Type=notify' /lib/systemd/system/hacheck.service || fail "the unit is not Type=notify"
 grep -qx 'ExecStart=/usr/bin/hacheck -c /etc/hacheck/hacheck.yaml -p 3333' \
     /lib/systemd/system/hacheck.service || fail "the unit's ExecStart changed"
