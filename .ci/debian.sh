@@ -172,7 +172,10 @@ step "systemd-analyze verify (offline: no running systemd needed)"
 # verify also runs `man hacheck` for Documentation=man:hacheck(1) when man exists.
 man_check=--man=yes
 command -v man >/dev/null || man_check=--man=no
-systemd-analyze verify "$man_check" /lib/systemd/system/hacheck.service || fail "systemd-analyze verify failed"
+# It exits 0 on unknown keys and bad values, only warning: any output fails.
+verify_output="$(systemd-analyze verify "$man_check" /lib/systemd/system/hacheck.service 2>&1)" \
+    || fail "systemd-analyze verify failed: $verify_output"
+[ -z "$verify_output" ] || fail "systemd-analyze verify warns: $verify_output"
 grep -qx 'Type=notify' /lib/systemd/system/hacheck.service || fail "the unit is not Type=notify"
 grep -qx 'ExecStart=/usr/bin/hacheck -c /etc/hacheck/hacheck.yaml -p 3333' \
     /lib/systemd/system/hacheck.service || fail "the unit's ExecStart changed"
