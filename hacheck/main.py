@@ -161,6 +161,8 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     if args.agent_ports:
         log.info("agent-check answers on %s port %s%s", args.bind_address, ",".join(map(str, args.agent_ports)),
                  "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
+    elif not args.spool_on_http:
+        log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
     log.info("hacheck %s listening on %s port %s (pid %d)", __version__, args.bind_address,
              ",".join(map(str, args.ports)), os.getpid())
     on_ready()
