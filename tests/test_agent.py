@@ -250,6 +250,16 @@ def test_no_spool_on_http_flag(tmp_path):
         daemon.stop()
 
 
+def test_no_spool_on_http_without_agent_port_warns(tmp_path):
+    daemon = start_hacheck(tmp_path, args=["-S"])
+    try:
+        Spool(daemon.spool_root).down("web", reason="r")
+        assert daemon.get("/spool/web/80")[0] == 503
+    finally:
+        daemon.stop()
+    assert "-S without -A: HTTP checks ignore downtimes and no agent port reports them" in daemon.output()
+
+
 def run_hacheck(tmp_path, *args):
     return subprocess.run(tool_argv("hacheck") + ["--spool-root", str(tmp_path / "spool")] + list(args),
                           capture_output=True, text=True, timeout=30, env=tool_env())
