@@ -37,6 +37,8 @@ class DaemonState:
     requests_in_flight: int = 0
     monitor: Any = None
     metrics: Optional[Metrics] = None
+    # False with -S: HTTP checks report only the real check; downtimes go through the agent.
+    spool_on_http: bool = True
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -82,11 +84,12 @@ def _enable_mutornadomon(app: tornado.web.Application):
 def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
              activity: Optional[Activity] = None, resources: Optional[SharedResources] = None,
              own_ips: Optional[frozenset] = None, access_log: bool = True,
-             with_mutornadomon: bool = False) -> tornado.web.Application:
+             with_mutornadomon: bool = False, spool_on_http: bool = True) -> tornado.web.Application:
     """The application; ``app.settings["hacheck_state"]`` is its ``DaemonState``.
 
     ``access_log=False`` skips Tornado's per-request log line entirely.
     ``with_mutornadomon`` needs a current IOLoop (it starts a periodic callback).
+    ``spool_on_http=False`` (``-S``) makes check routes other than /spool ignore downtimes.
     """
     metrics = Metrics(spool, REGISTRY, per_service=config.metrics_per_service)
     state = DaemonState(
@@ -97,6 +100,7 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
         resources=resources if resources is not None else SharedResources(config),
         own_ips=own_ips if own_ips is not None else frozenset(),
         metrics=metrics,
+        spool_on_http=spool_on_http,
     )
     state.cache.observer = metrics.cache
     settings = {"hacheck_state": state}

@@ -25,6 +25,8 @@ from hacheck.spool import (
     ALL,
     DEFAULT_SPOOL_ROOT,
     LOCALHOST,
+    STATE_DOWN,
+    STATE_DRAIN,
     Downtime,
     InvalidServiceName,
     Spool,
@@ -77,11 +79,12 @@ EPILOG = """\
 output lines:
   UP<TAB>SERVICE
   DOWN<TAB>EXPIRATION<TAB>SERVICE<TAB>REASON
+  DRAIN<TAB>EXPIRATION<TAB>SERVICE<TAB>REASON   (a downtime made with --drain)
       EXPIRATION is a unix time (%f) or "inf"; with -P, and for per-port
       downtimes, SERVICE reads SERVICE:HOST:PORT (HOST empty for 127.0.0.1).
   SERVICE last_response=JSON          (list)
   --json: one JSON object per line with status, service, host, port,
-      reason, creation and expiration.
+      reason, creation, expiration and state ("down", "drain"; null when up).
 
 exit codes:
   0 success (status: everything asked about is up)
@@ -152,6 +155,12 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
         help="list: the port the local hacheck daemon listens on (default: %(default)s)",
     )
     parser.add_argument(
+        "--drain", action="store_true",
+        help="down: drain instead of cutting: HTTP checks answer 404 (HAProxy's "
+             "http-check disable-on-404) and the agent answers drain, so established "
+             "connections finish but no new ones arrive",
+    )
+    parser.add_argument(
         "--json", action="store_true",
         help="status, status_downed: print one JSON object per line instead of text",
     )
@@ -215,7 +224,8 @@ def _expiration_text(downtime: Downtime) -> str:
 
 
 def _down_line(label: str, downtime: Downtime) -> str:
-    return "\t".join(["DOWN", _expiration_text(downtime), _printable(label), _printable(downtime.reason)])
+    status = "DRAIN" if downtime.is_drain else "DOWN"
+    return "\t".join([status, _expiration_text(downtime), _printable(label), _printable(downtime.reason)])
 
 
 def _json_line(status: str, service: str, host: Optional[str], port: Optional[int],
@@ -228,6 +238,8 @@ def _json_line(status: str, service: str, host: Optional[str], port: Optional[in
         "reason": downtime.reason if downtime else None,
         "creation": downtime.creation if downtime else None,
         "expiration": downtime.expiration if downtime else None,
+        # "status" stays DOWN for drains, so readers that predate draining still see a downtime.
+        "state": downtime.state if downtime else None,
     })
 
 
@@ -275,7 +287,8 @@ def action_down(prog: str, spool: Spool, options) -> int:
     spool.ensure_root()
     for service in options.services:
         spool.down(service, reason=reason, expiration=expiration,
-                   port=options.service_port, host=options.service_host)
+                   port=options.service_port, host=options.service_host,
+                   state=STATE_DRAIN if options.drain else STATE_DOWN)
     return 0
 
 
@@ -385,6 +398,8 @@ def _check_usage(action: str, options) -> None:
         raise UsageError(f"{action} takes no service names")
     if options.json and action not in ("status", "status_downed"):
         raise UsageError("--json only applies to status and status_downed")
+    if options.drain and action != "down":
+        raise UsageError("--drain only applies to down")
 
 
 def _check_names(options) -> None:
@@ -460,7 +475,7 @@ def hadown(argv: Optional[List[str]] = None) -> int:
 
 
 def hastatus(argv: Optional[List[str]] = None) -> int:
-    """``hastatus SERVICE ...``: UP/DOWN per service."""
+    """``hastatus SERVICE ...``: UP/DOWN/DRAIN per service."""
     return _main("hastatus", "status", argv)
 
 

@@ -15,7 +15,7 @@ from typing import Mapping, Optional, Tuple
 import tornado.web
 
 from hacheck.checks import QUERY_REQUIRED, REGISTRY, CheckContext, Target, run_check
-from hacheck.spool import LOCALHOST, Downtime, SpoolError
+from hacheck.spool import LOCALHOST, STATE_DOWN, STATE_DRAIN, Downtime, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,16 @@ class BadRequest(Exception):
 
 def down_message(matched: str, downtime: Downtime) -> str:
     """The body of a 503 for a downtime, as the original daemon wrote it."""
-    message = f"Service {matched} in down state"
+    return _downtime_message(matched, downtime, "down")
+
+
+def drain_message(matched: str, downtime: Downtime) -> str:
+    """The body of a 404 for a draining downtime: the down message, saying drain."""
+    return _downtime_message(matched, downtime, "drain")
+
+
+def _downtime_message(matched: str, downtime: Downtime, state_word: str) -> str:
+    message = f"Service {matched} in {state_word} state"
     if downtime.creation is not None:
         message += f" since {downtime.creation:f}"
     if downtime.expiration is not None:
@@ -146,19 +155,33 @@ class CheckHandler(BaseHandler):
         except BadRequest as err:
             self.answer(400, f"{err}\n")
             return
-        found = state.spool.find_downtime(
-            service, port=target.port, host=None if target.host == LOCALHOST else target.host
-        )
-        if found is not None:
+        found = None
+        # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
+        if state.spool_on_http or self.protocol == "spool":
+            found = state.spool.find_downtime(
+                service, port=target.port, host=None if target.host == LOCALHOST else target.host
+            )
+        if found is not None and not found[1].is_drain:
             matched, downtime = found
             state.activity.record_status(service, 503, client_ip)
             self.answer(503, down_message(matched, downtime))
             return
         if self.protocol == "spool":
+            if found is not None:
+                state.activity.record_status(service, 404, client_ip)
+                self.answer(404, drain_message(*found))
+                return
             state.activity.record_status(service, 200, client_ip)
             self.answer(200)
             return
         result = await self._run_protocol_check(service, target, query or "")
+        if found is not None and 200 <= result.code < 400:
+            # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
+            # a graceful drain. A failing check still answers its failure, so HAProxy marks the
+            # server down instead of keeping persistent connections on a dead one.
+            state.activity.record_status(service, 404, client_ip)
+            self.answer(404, drain_message(*found))
+            return
         state.activity.record_status(service, result.code, client_ip)
         self.answer(http_status_for(result.code), result.message)
 
@@ -192,8 +215,8 @@ class CheckHandler(BaseHandler):
             self.answer(403, "Remote spool changes are disabled (allow_remote_spool_changes is false)\n")
             return
         status = self.get_body_argument("status", None)
-        if status not in ("up", "down"):
-            self.answer(400, f"status must be 'up' or 'down', got {status!r}\n")
+        if status not in ("up", "down", "drain"):
+            self.answer(400, f"status must be 'up', 'down' or 'drain', got {status!r}\n")
             return
         entry_port = port or None
         try:
@@ -207,7 +230,8 @@ class CheckHandler(BaseHandler):
                 state.spool.up(service, port=entry_port)
             else:
                 state.spool.down(service, reason=self.get_body_argument("reason", ""),
-                                 expiration=expiration, port=entry_port, creation=creation)
+                                 expiration=expiration, port=entry_port, creation=creation,
+                                 state=STATE_DRAIN if status == "drain" else STATE_DOWN)
         except SpoolError as err:
             log.error("remote spool change failed: %s", err)
             self.answer(500, f"{err}\n")

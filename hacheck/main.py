@@ -16,6 +16,7 @@ import tornado.ioloop
 import tornado.netutil
 
 from hacheck import __version__, metrics, systemd
+from hacheck.agent import AgentServer
 from hacheck.app import make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
 from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
@@ -44,10 +45,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="worker processes sharing the listening ports (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging and one access-log line per request")
+    parser.add_argument("-A", "--agent-port", type=_port, action="append", dest="agent_ports", default=[],
+                        help="also answer HAProxy's agent-check on this port; may be repeated")
+    parser.add_argument("-S", "--no-spool-on-http", dest="spool_on_http", action="store_false",
+                        help="HTTP checks ignore downtimes (only /spool reports them): "
+                             "downtimes reach HAProxy through the agent only")
     parser.add_argument("--version", action="version", version=f"hacheck {__version__}")
     args = parser.parse_args(argv)
     if not args.ports:
         args.ports = [3333]
+    args.agent_ports = list(dict.fromkeys(args.agent_ports))
+    shared = sorted(set(args.agent_ports) & set(args.ports))
+    if shared:
+        parser.error(f"port {shared[0]} cannot serve both HTTP (-p) and the agent (-A)")
     return args
 
 
@@ -113,6 +123,19 @@ def bind(args: argparse.Namespace, reuse_port: bool) -> list:
     return sockets
 
 
+def bind_agent(args: argparse.Namespace, reuse_port: bool) -> list:
+    """The agent ports' listening sockets (same address as HTTP)."""
+    sockets = []
+    for port in args.agent_ports:
+        try:
+            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port)
+        except OSError as err:
+            for sock in sockets:
+                sock.close()
+            raise StartupError(f"cannot listen on {args.bind_address}:{port} (agent): {err.strerror}") from None
+    return sockets
+
+
 async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, reuse_port: bool,
                 on_ready, supervisor_pid: Optional[int] = None) -> None:
     """Listen, serve until a stop signal, then let requests in flight finish (bounded) and return."""
@@ -122,11 +145,24 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     sockets = bind(args, reuse_port)
+    try:
+        agent_sockets = bind_agent(args, reuse_port)
+    except StartupError:
+        for sock in sockets:
+            sock.close()
+        raise
     app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
-                   with_mutornadomon=True)
+                   with_mutornadomon=True, spool_on_http=args.spool_on_http)
     state = app.settings["hacheck_state"]
     server = tornado.httpserver.HTTPServer(app, xheaders=False)
     server.add_sockets(sockets)
+    agent = AgentServer(state.spool)
+    await agent.start(agent_sockets)
+    if args.agent_ports:
+        log.info("agent-check answers on %s port %s%s", args.bind_address, ",".join(map(str, args.agent_ports)),
+                 "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
+    elif not args.spool_on_http:
+        log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
     log.info("hacheck %s listening on %s port %s (pid %d)", __version__, args.bind_address,
              ",".join(map(str, args.ports)), os.getpid())
     on_ready()
@@ -142,6 +178,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     await stop.wait()
     log.info("stopping: no new connections, waiting for %d request(s) in flight", state.requests_in_flight)
     server.stop()
+    agent.stop()
     deadline = loop.time() + config.healthcheck_timeout + 2.0
     while state.requests_in_flight > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
@@ -149,6 +186,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
         await asyncio.wait_for(server.close_all_connections(), 2.0)
     except asyncio.TimeoutError:
         pass
+    await agent.wait_closed()
     state.close()
     log.info("stopped")
 

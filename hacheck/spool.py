@@ -2,7 +2,8 @@
 
 A file named ``all``, ``<service>``, ``<service>:<port>`` or
 ``<service>:<host>:<port>`` in the spool root means "down". Its content is JSON
-``{"reason", "expiration", "creation"}``, or, for files written by older
+``{"reason", "expiration", "creation"}`` (plus ``"state": "drain"`` for a
+downtime that drains instead of cutting), or, for files written by older
 versions, plain text that is the whole reason. This module knows nothing about
 HTTP or Tornado; it never deletes a file while reading (a reader that removed
 an expired downtime could race an operator renewing it).
@@ -32,6 +33,13 @@ _TEMP_PREFIX = ".#hacheck-tmp."
 # a listed entry names the very file the daemon looks for.
 _PORT_TEXT = re.compile(r"0|[1-9][0-9]{0,4}")
 
+# What a downtime does: "down" cuts the service off; "drain" lets established
+# connections finish but takes no new ones. Files without a state are "down",
+# and "down" is never written, so older readers see a drain as a downtime.
+STATE_DOWN = "down"
+STATE_DRAIN = "drain"
+DOWNTIME_STATES = (STATE_DOWN, STATE_DRAIN)
+
 
 class InvalidServiceName(ValueError):
     """A service name that cannot be a spool file name."""
@@ -48,6 +56,11 @@ class Downtime:
     reason: str = ""
     expiration: Optional[float] = None
     creation: Optional[float] = None
+    state: str = STATE_DOWN
+
+    @property
+    def is_drain(self) -> bool:
+        return self.state == STATE_DRAIN
 
     def is_expired(self, now: Optional[float] = None) -> bool:
         if self.expiration is None:
@@ -55,9 +68,10 @@ class Downtime:
         return self.expiration <= (time.time() if now is None else now)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"reason": self.reason, "expiration": self.expiration, "creation": self.creation}
-        )
+        record = {"reason": self.reason, "expiration": self.expiration, "creation": self.creation}
+        if self.is_drain:
+            record["state"] = STATE_DRAIN
+        return json.dumps(record)
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,8 @@ def parse_downtime(content: bytes) -> Downtime:
         reason=reason,
         expiration=_as_time(record.get("expiration")),
         creation=_as_time(record.get("creation")),
+        # Anything but "drain" (missing, unknown, wrong type) is the safe side: down.
+        state=STATE_DRAIN if record.get("state") == STATE_DRAIN else STATE_DOWN,
     )
 
 
@@ -221,33 +237,43 @@ class Spool:
 
         Looks at ``all``, then the service, then the service on that port (and
         host). Returns (name of the entry that matched, downtime), or None when up.
+        A downtime that cuts wins over one that drains, wherever each is found.
         """
         now = time.time() if now is None else now
         candidates = [(ALL, None, None), (service, None, None)]
         if port is not None:
             candidates.append((service, port, host))
+        first_drain = None
         for name, entry_port, entry_host in candidates:
             downtime = self.active(name, entry_port, entry_host, now)
-            if downtime is not None:
+            if downtime is None:
+                continue
+            if not downtime.is_drain:
                 return name, downtime
-        return None
+            if first_drain is None:
+                first_drain = (name, downtime)
+        return first_drain
 
     def down(self, service: str, reason: str = "", expiration: Optional[float] = None,
              port: Optional[int] = None, host: Optional[str] = None,
-             creation: Optional[float] = None, now: Optional[float] = None) -> Downtime:
-        """Write a downtime atomically.
+             creation: Optional[float] = None, now: Optional[float] = None,
+             state: str = STATE_DOWN) -> Downtime:
+        """Write a downtime atomically; ``state`` "drain" drains instead of cutting.
 
-        Downing again with the same reason keeps the first creation time, so a
-        renewal extends the expiration without resetting "down since".
+        Downing again with the same reason (and state) keeps the first creation
+        time, so a renewal extends the expiration without resetting "down since".
         """
+        if state not in DOWNTIME_STATES:
+            raise ValueError(f"invalid downtime state {state!r} (expected one of {', '.join(DOWNTIME_STATES)})")
         now = time.time() if now is None else now
         path = self.path(service, port, host)
         if creation is None:
             previous = self._read_file(path)
-            if previous is not None and previous.reason == reason and not previous.is_expired(now):
+            if (previous is not None and previous.reason == reason and previous.state == state
+                    and not previous.is_expired(now)):
                 creation = previous.creation
         downtime = Downtime(reason=reason, expiration=expiration,
-                            creation=now if creation is None else creation)
+                            creation=now if creation is None else creation, state=state)
         self._write_atomically(path, downtime.to_json().encode("utf-8"))
         return downtime
 

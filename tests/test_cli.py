@@ -317,9 +317,9 @@ def test_json_output(tools):
     assert result.returncode == 1
     web, db = [json.loads(line) for line in result.stdout.splitlines()]
     assert web == {"status": "DOWN", "service": "web", "host": None, "port": None, "reason": "a",
-                   "creation": creation, "expiration": expiration}
+                   "creation": creation, "expiration": expiration, "state": "down"}
     assert db == {"status": "UP", "service": "db", "host": None, "port": None, "reason": None,
-                  "creation": None, "expiration": None}
+                  "creation": None, "expiration": None, "state": None}
     result = tools.run("haupdown", "-a", "status", "--json", "-P", "80", "-H", "10.0.0.1", "api")
     assert result.returncode == 1
     assert json.loads(result.stdout)["port"] == 80 and json.loads(result.stdout)["host"] == "10.0.0.1"
