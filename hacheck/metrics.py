@@ -19,7 +19,7 @@ import time
 from typing import Awaitable, Dict, Iterable, Optional, Tuple, TypeVar
 
 from hacheck.cache import CacheObserver
-from hacheck.spool import Spool, SpoolEntry, SpoolError
+from hacheck.spool import DOWNTIME_STATES, Spool, SpoolEntry, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _LEGACY_MULTIPROCESS_ENV = "prometheus_multiproc_dir"
 
 DOWNTIME_KINDS = ("all", "service", "port", "host")
 # States a downtime can be in; each gets a zero sample so the series exist before the first one.
-DOWNTIME_STATES = ("down",)
+
 
 # From a fast local answer to healthcheck_timeout (10 s by default) and beyond.
 CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -97,7 +97,7 @@ def downtime_kind(entry: SpoolEntry) -> str:
 
 def downtime_state(entry: SpoolEntry) -> str:
     """``down`` unless the spool records another state for the downtime."""
-    return getattr(entry.downtime, "state", None) or "down"
+    return entry.downtime.state
 
 
 class DowntimeCollector:

@@ -273,6 +273,10 @@ async def test_downtimes_by_kind_read_from_the_spool_at_scrape_time(get, scrape,
     samples = await scrape()
     assert total(samples, "hacheck_downtimes", kind="service") == 1
     assert total(samples, "hacheck_downtimes", kind="all") == 0
+    spool.down("api", reason="draining", state="drain")
+    samples = await scrape()
+    assert total(samples, "hacheck_downtimes", kind="service", state="drain") == 1
+    assert total(samples, "hacheck_downtimes", kind="service", state="down") == 1
 
 
 @pytest.mark.gen_test
