@@ -28,8 +28,7 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LEGACY_MULTIPROCESS_ENV = "prometheus_multiproc_dir"
 
 DOWNTIME_KINDS = ("all", "service", "port", "host")
-# States a downtime can be in; each gets a zero sample so the series exist before the first one.
-
+# Every kind and state (spool.DOWNTIME_STATES) gets a zero sample, so the series exist before the first one.
 
 # From a fast local answer to healthcheck_timeout (10 s by default) and beyond.
 CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
