@@ -93,7 +93,7 @@ step "build dependencies"
 # debian/control's Build-Depends (help2man runs each tool's --help, so the
 # runtime libraries too), and what this script uses.
 BUILD_DEPS=(build-essential dpkg-dev debhelper dh-python help2man python3-all python3-setuptools
-            python3-asyncpg python3-pymysql python3-redis python3-tornado python3-yaml
+            python3-asyncpg python3-pymysql python3-prometheus-client python3-redis python3-tornado python3-yaml
             lintian systemd logrotate util-linux)
 if ! apt-get install -y -qq --no-install-recommends "${BUILD_DEPS[@]}" >"$WORK/apt.log" 2>&1; then
     apt-get update -qq
