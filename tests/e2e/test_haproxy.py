@@ -143,6 +143,24 @@ def test_hadown_haup_and_upstream_errors_drive_haproxy(tmp_path, hacheck_daemon)
             upstream.code = 200
             lb.wait_for("be_web", "srv", "UP", "L7OK")
 
+        # HAProxy's checks show in the daemon's Prometheus metrics, by protocol and answer.
+        answered = http_requests_by_code(daemon.get("/metrics")[1])
+        assert answered.get("200", 0) >= 2
+        assert answered.get("503", 0) >= 2
+        assert answered.get("500", 0) >= 2
+
+
+def http_requests_by_code(metrics_text):
+    """``hacheck_requests_total`` for protocol http, by answered code, read with the client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "hacheck_requests_total" and sample.labels.get("protocol") == "http":
+                counts[sample.labels["code"]] = counts.get(sample.labels["code"], 0) + sample.value
+    return counts
+
 
 def test_send_state_port_is_honoured(tmp_path, hacheck_daemon):
     """The URL names a port where nothing listens; only the state header's port=<server port> can be UP."""
