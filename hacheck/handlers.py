@@ -26,6 +26,8 @@ DEFAULT_RECENT_THRESHOLD = 600
 # Host names and IPv4/IPv6 literals: anything else in a header is not a host.
 _HOST_PATTERN = re.compile(r"^[A-Za-z0-9._:%-]{1,255}$")
 _HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# ASCII digits only: str.isdigit() also accepts "¹", which int() refuses.
+_PORT_DIGITS = re.compile(r"[0-9]{1,5}")
 # A service name is a spool file name, and file names are at most this many bytes.
 MAX_NAME_BYTES = 255
 
@@ -93,8 +95,7 @@ def parse_server_state(value: str) -> Tuple[Optional[str], Optional[int]]:
         name, field_value = name.strip().lower(), field_value.strip()
         if name == "address" and is_host(field_value):
             hosts.append(field_value)
-        elif name == "port" and field_value.isdigit() and len(field_value) <= 5 \
-                and 0 < int(field_value) <= 65535:
+        elif name == "port" and _PORT_DIGITS.fullmatch(field_value) and 0 < int(field_value) <= 65535:
             ports.append(field_value.lstrip("0"))
     host = _one_value("X-Haproxy-Server-State field address=", hosts)
     port = _one_value("X-Haproxy-Server-State field port=", ports)
