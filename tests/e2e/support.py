@@ -80,6 +80,17 @@ class CountingListener:
             self.connections += 1
             connection.close()
 
+    def count(self, expected: int, timeout: float = 5.0) -> int:
+        """The number of connections once it reaches ``expected`` or ``timeout`` passes.
+
+        A client sees its connection open before this thread accepts it, so poll; asking for
+        0 waits a moment for any straggler to be accepted.
+        """
+        deadline = time.monotonic() + (0.5 if expected == 0 else timeout)
+        while time.monotonic() < deadline and (expected == 0 or self.connections < expected):
+            time.sleep(0.02)
+        return self.connections
+
     def __enter__(self) -> "CountingListener":
         self._thread.start()
         return self
