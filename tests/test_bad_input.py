@@ -2,6 +2,7 @@
 configuration. Each gets a clear status and body (or, for configuration, one line and a
 non-zero exit), never a 500, a hang or a traceback, and nothing at ERROR level in the log."""
 
+import contextlib
 import os
 import re
 import socket
@@ -169,10 +170,9 @@ def make_spool_entry(root: str, service: str, how) -> None:
         os.symlink("/dev/zero", path)
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    """One verbose daemon (access lines on) with remote spool changes on and every odd spool entry."""
-    tmp_path = tmp_path_factory.mktemp("bad-input")
+@contextlib.contextmanager
+def bad_input_daemon(tmp_path):
+    """A verbose daemon (access lines on) with remote spool changes on and every odd spool entry."""
     spool_root = str(tmp_path / "spool")
     os.mkdir(spool_root)
     for service, (how, _) in SPOOL_CASES.items():
@@ -181,8 +181,16 @@ def daemon(tmp_path_factory):
         running = start_hacheck(tmp_path, config={"allow_remote_spool_changes": True}, args=["-v"],
                                 spool_root=spool_root)
         running.listener = listener
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    with bad_input_daemon(tmp_path_factory.mktemp("bad-input")) as running:
         yield running
-        running.stop()
 
 
 def header_request(daemon, url_is_listener: bool, headers: List[Tuple[str, str]]):
@@ -292,11 +300,12 @@ def test_odd_remote_spool_changes(daemon, path, body, status, text):
 # --- the log ------------------------------------------------------------------------
 
 
-def test_bad_input_leaves_no_error_or_traceback_in_the_log(daemon):
-    statuses = send_every_bad_input(daemon)
-    assert not [sent for sent, status in statuses if status is not None and status >= 500 and status != 503]
-    assert send(daemon.port, "/status")[0] == 200
-    daemon.stop()
+def test_bad_input_leaves_no_error_or_traceback_in_the_log(tmp_path):
+    with bad_input_daemon(tmp_path) as daemon:
+        statuses = send_every_bad_input(daemon)
+        assert not [sent for sent, status in statuses if status is not None and status >= 500 and status != 503]
+        assert send(daemon.port, "/status")[0] == 200
+        assert daemon.stop() == 0
     output = daemon.output()
     assert "GET /spool/web/80" in output  # -v: the access lines are there, at INFO
     bad = [line for line in output.splitlines() if " ERROR " in line or "CRITICAL" in line or "Traceback" in line]
