@@ -15,7 +15,7 @@ from hacheck.cache import CheckCache
 from hacheck.checks import REGISTRY
 from hacheck.checks.base import SharedResources
 from hacheck.config import Config
-from hacheck.handlers import routes
+from hacheck.handlers import NotFoundHandler, routes
 from hacheck.metrics import Metrics
 from hacheck.spool import Spool
 
@@ -62,9 +62,12 @@ def own_ip_addresses() -> frozenset:
 
 def is_localhost(request) -> bool:
     try:
-        return ipaddress.ip_address(request.remote_ip).is_loopback
+        address = ipaddress.ip_address(request.remote_ip)
     except ValueError:
         return False
+    if address.version == 6 and address.ipv4_mapped is not None:  # ::ffff:127.0.0.1 on a dual-stack socket
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _enable_mutornadomon(app: tornado.web.Application):
@@ -103,13 +106,20 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
         spool_on_http=spool_on_http,
     )
     state.cache.observer = metrics.cache
-    settings = {"hacheck_state": state}
-    if not access_log:
-        settings["log_function"] = _no_access_log
+    settings = {"hacheck_state": state, "default_handler_class": NotFoundHandler}
+    settings["log_function"] = _access_log if access_log else _no_access_log
     app = tornado.web.Application(routes(), **settings)
     if with_mutornadomon:
         state.monitor = _enable_mutornadomon(app)
     return app
+
+
+def _access_log(handler: tornado.web.RequestHandler) -> None:
+    """One INFO line per request: a 4xx or 5xx answer is not the daemon's error (Tornado logs those
+    at WARNING and ERROR, which would put bad input and down services among real errors)."""
+    access = logging.getLogger("tornado.access")
+    access.info("%d %s %.2fms", handler.get_status(), handler._request_summary(),
+                1000.0 * handler.request.request_time())
 
 
 def _no_access_log(handler: tornado.web.RequestHandler) -> None:

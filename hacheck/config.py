@@ -6,10 +6,13 @@ the key and the file; an unknown key is only a warning, so old files keep workin
 """
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 class ConfigError(Exception):
@@ -32,6 +35,9 @@ class Config:
     healthcheck_timeout: float = 10.0
     max_clients: int = 10
     metrics_per_service: bool = False
+    # None keeps the original behaviour; a tuple of networks restricts (see docs/security.md).
+    remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = None
+    check_host_allowed_networks: Optional[Tuple[Network, ...]] = None
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
@@ -47,6 +53,8 @@ class Config:
         except yaml.YAMLError as err:
             problem = str(err).splitlines()[0] if str(err) else "invalid YAML"
             raise ConfigError(f"{path}: not a valid YAML file: {problem}") from err
+        except RecursionError:  # absurdly nested YAML
+            raise ConfigError(f"{path}: not a valid YAML file: nested too deeply") from None
         return cls.from_mapping(document, source=path)
 
     @classmethod
@@ -68,7 +76,7 @@ class Config:
                 continue
             try:
                 values[key] = validator(raw)
-            except ValueError as err:
+            except (ValueError, TypeError, OverflowError) as err:
                 raise ConfigError(f"{source}: key {key!r}: {err}") from None
         return cls(source=source, **values), warnings
 
@@ -152,6 +160,23 @@ def _log_path(value: Any) -> str:
     return path
 
 
+def _networks(value: Any) -> Optional[Tuple[Network, ...]]:
+    """A list of CIDRs (``10.0.0.0/8``, ``2001:db8::/32``; a bare address is one host)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of networks such as 10.0.0.0/8, got {value!r}")
+    networks = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a network such as 10.0.0.0/8, got {item!r}")
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not a network such as 10.0.0.0/8: {item!r}") from None
+    return tuple(networks)
+
+
 _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "cache_time": _number(0, allow_equal=True),
     "service_name_header": _header_name,
@@ -167,4 +192,6 @@ _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "healthcheck_timeout": _number(0, allow_equal=False),
     "max_clients": _positive_int,
     "metrics_per_service": _boolean,
+    "remote_spool_allowed_networks": _networks,
+    "check_host_allowed_networks": _networks,
 }

@@ -6,16 +6,17 @@ their own; everything lives in the ``DaemonState`` found in the application sett
 """
 
 import http.client
+import ipaddress
 import logging
 import os
 import re
 import time
-from typing import Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import tornado.web
 
 from hacheck.checks import QUERY_REQUIRED, REGISTRY, CheckContext, Target, run_check
-from hacheck.spool import LOCALHOST, STATE_DOWN, STATE_DRAIN, Downtime, SpoolError
+from hacheck.spool import LOCALHOST, STATE_DOWN, STATE_DRAIN, Downtime, SpoolError, spool_filename
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,11 @@ DEFAULT_RECENT_THRESHOLD = 600
 
 # Host names and IPv4/IPv6 literals: anything else in a header is not a host.
 _HOST_PATTERN = re.compile(r"^[A-Za-z0-9._:%-]{1,255}$")
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# ASCII digits only: str.isdigit() also accepts "¹", which int() refuses.
+_PORT_DIGITS = re.compile(r"[0-9]{1,5}")
+# A service name is a spool file name, and file names are at most this many bytes.
+MAX_NAME_BYTES = 255
 
 
 class BadRequest(Exception):
@@ -51,35 +57,83 @@ def _downtime_message(matched: str, downtime: Downtime, state_word: str) -> str:
     return message
 
 
+def is_host(text: str) -> bool:
+    """An IPv4 or IPv6 address, or a DNS host name; nothing else may become a check's target."""
+    if not _HOST_PATTERN.fullmatch(text):
+        return False
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    labels = text[:-1].split(".") if text.endswith(".") else text.split(".")
+    if len(text) > 253 or all(label.isdigit() for label in labels):  # digits only: a broken IPv4
+        return False
+    return all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+
+
+def address_in_networks(text: str, networks: Sequence) -> bool:
+    """True when ``text`` is an IP address inside one of ``networks`` (IPv4-mapped IPv6 counts as IPv4)."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def _one_value(name: str, values: List[str]) -> Optional[str]:
+    """The value given; the same value repeated is that value, different ones are a 400."""
+    distinct = sorted(set(values))
+    if len(distinct) > 1:
+        raise BadRequest(f"{name} given more than once with different values: {', '.join(distinct)}")
+    return distinct[0] if distinct else None
+
+
 def parse_server_state(value: str) -> Tuple[Optional[str], Optional[int]]:
-    """``address=`` and ``port=`` from HAProxy's ``X-Haproxy-Server-State``; malformed fields are ignored."""
-    host = port = None
+    """``address=`` and ``port=`` from HAProxy's ``X-Haproxy-Server-State``; malformed fields are ignored.
+
+    A field given twice with different (well-formed) values is ambiguous: BadRequest.
+    """
+    hosts, ports = [], []
     for field in value.split(";"):
         name, sep, field_value = field.strip().partition("=")
         if not sep:
             continue
         name, field_value = name.strip().lower(), field_value.strip()
-        if name == "address" and _HOST_PATTERN.match(field_value):
-            host = field_value
-        elif name == "port" and field_value.isdigit() and 0 < int(field_value) <= 65535:
-            port = int(field_value)
-    return host, port
+        if name == "address" and is_host(field_value):
+            hosts.append(field_value)
+        elif name == "port" and _PORT_DIGITS.fullmatch(field_value) and 0 < int(field_value) <= 65535:
+            ports.append(field_value.lstrip("0"))
+    host = _one_value("X-Haproxy-Server-State field address=", hosts)
+    port = _one_value("X-Haproxy-Server-State field port=", ports)
+    return host, None if port is None else int(port)
+
+
+def _header_values(headers: Mapping[str, str], name: str) -> List[str]:
+    """Every value of a header given on one or more lines (plain mappings have one)."""
+    get_list = getattr(headers, "get_list", None)
+    if get_list is not None:
+        return list(get_list(name))
+    value = headers.get(name)
+    return [] if value is None else [value]
 
 
 def choose_target(headers: Mapping[str, str], url_port: int, own_ips: frozenset) -> Target:
     """Host and port to check: the URL's port on 127.0.0.1, unless the headers name others."""
     host, port = None, url_port
-    state = headers.get("X-Haproxy-Server-State")
-    if state is not None:
-        state_host, state_port = parse_server_state(state)
+    states = _header_values(headers, "X-Haproxy-Server-State")
+    if states:
+        state_host, state_port = parse_server_state(";".join(states))
         host = state_host
         if state_port is not None:
             port = state_port
     if host is None:
-        nerve_ip = headers.get("X-Nerve-Check-IP")
-        if nerve_ip is not None and nerve_ip.strip():
-            nerve_ip = nerve_ip.strip()
-            if not _HOST_PATTERN.match(nerve_ip):
+        nerve_ips = [value.strip() for value in _header_values(headers, "X-Nerve-Check-IP") if value.strip()]
+        nerve_ip = _one_value("X-Nerve-Check-IP header", nerve_ips)
+        if nerve_ip is not None:
+            if not is_host(nerve_ip):
                 raise BadRequest(f"X-Nerve-Check-IP header is not a host: {nerve_ip!r}")
             host = nerve_ip
     if host is None or host in own_ips:
@@ -126,6 +180,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(f"{status_code} {self._reason}\n")
 
 
+class NotFoundHandler(BaseHandler):
+    """Every path no route matches: a plain-text 404 saying what the paths look like."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.answer(404, "Not found: checks are /<protocol>/<service>/<port>[/<query>], where the service "
+                         "is letters, digits, '.', '_' and '-' and the port is decimal\n")
+
+
 class CheckHandler(BaseHandler):
     """``/<protocol>/<service>/<port>[/<query>]`` and ``/spool/...`` (GET; POST changes the spool)."""
 
@@ -136,6 +199,13 @@ class CheckHandler(BaseHandler):
     def _parse(self, service: str, port_text: str) -> Optional[int]:
         if service in (".", ".."):
             self.answer(400, f"Invalid service name {service!r}\n")
+            return None
+        if len(service) > MAX_NAME_BYTES:  # the pattern allows ASCII only: characters are bytes
+            self.answer(400, f"Invalid service name: longer than {MAX_NAME_BYTES} bytes\n")
+            return None
+        if len(port_text.lstrip("0")) > 5:
+            self.answer(400, f"Invalid port {port_text[:20]}{'...' if len(port_text) > 20 else ''}: "
+                             "ports go from 0 to 65535\n")
             return None
         port = int(port_text)
         if port > 65535:
@@ -155,6 +225,17 @@ class CheckHandler(BaseHandler):
         except BadRequest as err:
             self.answer(400, f"{err}\n")
             return
+        if self.protocol != "spool":
+            if target.port == 0:
+                self.answer(400, "Invalid port 0: a check needs a port from 1 to 65535\n")
+                return
+            networks = state.config.check_host_allowed_networks
+            if networks is not None and target.host != LOCALHOST \
+                    and not address_in_networks(target.host, networks):
+                # Refused before any connection: the header must not reach arbitrary hosts.
+                log.warning("%s asked to check %s, outside check_host_allowed_networks", client_ip, target.host)
+                self.answer(403, f"Host {target.host} is not in check_host_allowed_networks\n")
+                return
         found = None
         # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
         if state.spool_on_http or self.protocol == "spool":
@@ -214,11 +295,21 @@ class CheckHandler(BaseHandler):
         if not state.config.allow_remote_spool_changes:
             self.answer(403, "Remote spool changes are disabled (allow_remote_spool_changes is false)\n")
             return
+        networks = state.config.remote_spool_allowed_networks
+        if networks is not None and not address_in_networks(self.request.remote_ip, networks):
+            log.warning("%s tried a remote spool change from outside remote_spool_allowed_networks",
+                        self.request.remote_ip)
+            self.answer(403, f"Remote spool changes from {self.request.remote_ip} are not allowed "
+                             "(remote_spool_allowed_networks)\n")
+            return
         status = self.get_body_argument("status", None)
         if status not in ("up", "down", "drain"):
             self.answer(400, f"status must be 'up', 'down' or 'drain', got {status!r}\n")
             return
         entry_port = port or None
+        if len(spool_filename(service, entry_port).encode()) > MAX_NAME_BYTES:
+            self.answer(400, f"Invalid service name: with the port, longer than {MAX_NAME_BYTES} bytes\n")
+            return
         try:
             expiration = self._optional_time("expiration")
             creation = self._optional_time("creation")

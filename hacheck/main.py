@@ -27,6 +27,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # A worker that dies this soon after starting is restarted only after a pause,
 # so a worker that cannot start does not turn into a fork loop.
 RESTART_PAUSE = 1.0
+# Requests carry at most a small form (POST /spool); a larger body is refused with 400.
+MAX_REQUEST_BODY = 64 * 1024
 
 
 class StartupError(Exception):
@@ -154,7 +156,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
                    with_mutornadomon=True, spool_on_http=args.spool_on_http)
     state = app.settings["hacheck_state"]
-    server = tornado.httpserver.HTTPServer(app, xheaders=False)
+    server = tornado.httpserver.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY)
     server.add_sockets(sockets)
     agent = AgentServer(state.spool)
     await agent.start(agent_sockets)

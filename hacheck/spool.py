@@ -9,10 +9,12 @@ HTTP or Tornado; it never deletes a file while reading (a reader that removed
 an expired downtime could race an operator renewing it).
 """
 
+import errno
 import json
 import math
 import os
 import re
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -167,6 +169,13 @@ def parse_downtime(content: bytes) -> Downtime:
     )
 
 
+def _is_symlink(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class Spool:
     """The spool directory: reading, atomic writing, and listing of downtimes."""
 
@@ -214,12 +223,25 @@ class Spool:
 
     def _read_file(self, path: str) -> Optional[Downtime]:
         try:
-            with open(path, "rb") as spool_file:
+            # Only regular files are opened: opening a FIFO would block the
+            # daemon until a writer came, and a device could be anything.
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+                return Downtime(reason=f"unreadable spool entry: {kind}")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as spool_file:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
+                    return Downtime(reason="unreadable spool entry: not a regular file")
                 return parse_downtime(spool_file.read(MAX_READ_BYTES))
         except FileNotFoundError:
+            if _is_symlink(path):  # a dangling symlink is still an entry
+                return Downtime(reason="unreadable spool entry: broken symbolic link")
             return None
         except OSError as err:
-            # Present but unreadable (permissions, a directory, ...): a file
+            if err.errno == errno.ENAMETOOLONG:  # no file can have this name
+                return None
+            # Present but unreadable (permissions, a symlink loop, ...): a file
             # there means down, so stay on the safe side and say why.
             return Downtime(reason=f"unreadable spool entry: {err.strerror}")
 

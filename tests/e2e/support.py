@@ -55,3 +55,47 @@ def operator_tool(name, spool_root, *args):
                             capture_output=True, text=True, timeout=30, env=tool_env(SUDO_USER="tester"))
     assert result.returncode == 0, f"{name} {args} exited {result.returncode}: {result.stderr}"
     return result.stdout
+
+
+class CountingListener:
+    """A TCP listener (thread) that accepts and closes connections, counting them; ``with`` starts and stops it."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        import socket
+
+        self.host = host
+        self.connections = 0
+        self._socket = socket.create_server((host, 0))
+        self._socket.settimeout(0.2)
+        self.port = self._socket.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # timeout: look at the stop flag again
+                continue
+            self.connections += 1
+            connection.close()
+
+    def count(self, expected: int, timeout: float = 5.0) -> int:
+        """The number of connections once it reaches ``expected`` or ``timeout`` passes.
+
+        A client sees its connection open before this thread accepts it, so poll; asking for
+        0 waits a moment for any straggler to be accepted.
+        """
+        deadline = time.monotonic() + (0.5 if expected == 0 else timeout)
+        while time.monotonic() < deadline and (expected == 0 or self.connections < expected):
+            time.sleep(0.02)
+        return self.connections
+
+    def __enter__(self) -> "CountingListener":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._socket.close()
