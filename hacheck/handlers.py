@@ -335,7 +335,9 @@ class CheckHandler(BaseHandler):
         # Counted before the answer leaves: a scrape sent after it (maybe to another worker) includes it.
         if not self._request_counted:
             self._request_counted = True
-            service = self.path_args[0] if self.path_args else ""
+            # Tornado sets path_args only once the method is accepted (not for a 405).
+            path_args = getattr(self, "path_args", None)
+            service = path_args[0] if path_args else ""
             self.state.metrics.count_request(self.protocol, service, self.get_status())
         return super().finish(chunk)
 
