@@ -26,6 +26,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # A worker that dies this soon after starting is restarted only after a pause,
 # so a worker that cannot start does not turn into a fork loop.
 RESTART_PAUSE = 1.0
+# Connections the kernel queues before accept (capped by net.core.somaxconn).
+# Tornado's default of 128 overflows when many checks arrive at once, and an
+# overflowed connection waits seconds for a SYN-ACK retransmission.
+LISTEN_BACKLOG = 4096
 
 
 class StartupError(Exception):
@@ -105,7 +109,8 @@ def bind(args: argparse.Namespace, reuse_port: bool) -> list:
     sockets = []
     for port in args.ports:
         try:
-            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port)
+            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port,
+                                                    backlog=LISTEN_BACKLOG)
         except OSError as err:
             for sock in sockets:
                 sock.close()
