@@ -18,20 +18,21 @@ TIMEOUT = 1.0
 ANSWER_SLACK = 1.5
 SPOOL_BOUND = 0.050
 # This share of the samples must be under SPOOL_BOUND, and every one under
-# SPOOL_BOUND + SCHEDULER_MARGIN: on a shared 2-core machine a process is now and
-# then not scheduled for tens of milliseconds, which no daemon can prevent. A
-# blocked event loop (a blocking call, a busy loop over many connections) shows
-# as many slow samples or one far above the margin, and fails either way.
+# SPOOL_BOUND + SCHEDULER_MARGIN. On the shared 2-core machine these tests were
+# written on, single samples of 100-300 ms showed up now and then (a process not
+# scheduled, or a garbage collection in the daemon) while the rest stayed at 1-10 ms.
+# A blocked event loop (a blocking call, a busy loop over many connections)
+# shows as many slow samples or one far above the margin, and fails either way.
 WITHIN_BOUND_SHARE = 0.95
-SCHEDULER_MARGIN = 0.150
+SCHEDULER_MARGIN = 0.450
 
-# The thousand hung checks arrive over about a second (50 every 50 ms), the way
-# HAProxy spreads its checks, and each hangs for 2 s: so all 1000 are in flight
+# The thousand hung checks arrive over about two seconds (25 every 50 ms), the way
+# HAProxy spreads its checks, and each hangs for 3 s: so all 1000 are in flight
 # together for a while. Arriving all in the same millisecond, the daemon's
 # event loop spends a few hundred ms just accepting and parsing them, and
 # nothing else (the spool check included) can be answered meanwhile.
-THOUSAND_TIMEOUT = 2.0
-BATCH, PAUSE = 50, 0.05
+THOUSAND_TIMEOUT = 3.0
+BATCH, PAUSE = 25, 0.05
 
 EXPECTED_MESSAGE = {
     "silent": "timed out after 1.00s",
