@@ -11,10 +11,10 @@ import sys
 import time
 from typing import List, Optional
 
-import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 
+import hacheck.server
 from hacheck import __version__, systemd
 from hacheck.app import make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
@@ -130,7 +130,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
                    with_mutornadomon=True)
     state = app.settings["hacheck_state"]
-    server = tornado.httpserver.HTTPServer(app, xheaders=False)
+    server = hacheck.server.HTTPServer(app, xheaders=False)
     server.add_sockets(sockets)
     log.info("hacheck %s listening on %s port %s (pid %d)", __version__, args.bind_address,
              ",".join(map(str, args.ports)), os.getpid())

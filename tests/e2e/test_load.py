@@ -117,3 +117,29 @@ def test_ten_thousand_concurrent_connections(hacheck_daemon):
     assert daemon.get("/spool/load-1/8001")[0] == 200
     assert "Traceback" not in daemon.output()
     assert " ERROR " not in daemon.output()
+
+
+@pytest.mark.timeout(90)
+def test_running_out_of_descriptors_pauses_accepting_without_a_log_flood(hacheck_daemon):
+    """With room for only a few dozen connections, 2000 at once still all get an answer.
+
+    The daemon stops accepting for a moment when a descriptor is missing (the
+    rest wait in the accept queue), logs one warning, and serves on. A spool
+    file it cannot open for want of a descriptor is a 503 that says so.
+    """
+    from tests.e2e.misbehaving_support import many_gets
+
+    raise_open_files_limit(4096)
+    daemon = hacheck_daemon(config={"rlimit_nofile": 64})
+    baseline = open_fds(daemon.pid)
+    results = asyncio.run(many_gets(daemon.port, ["/spool/scarce/80"] * 2000, timeout=30, batch=2000))
+    assert daemon.process.poll() is None, f"hacheck died:\n{daemon.output()}"
+    assert [error for _, _, _, error in results if error is not None] == []
+    for status, body, _, _ in results:
+        assert (status, body) == (200, b"") or (status == 503 and b"Too many open files" in body), (status, body)
+    assert sum(1 for status, _, _, _ in results if status == 200) > 1500
+    assert wait_for_fds(daemon.pid, baseline) <= baseline
+    log_lines = daemon.output().splitlines()
+    assert not [line for line in log_lines if " ERROR " in line or "Traceback" in line]
+    assert len(log_lines) < 20, "\n".join(log_lines[:40])
+    assert any("cannot accept connections: Too many open files" in line for line in log_lines)
