@@ -11,10 +11,10 @@ import sys
 import time
 from typing import List, Optional
 
-import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 
+import hacheck.server
 from hacheck import __version__, metrics, systemd
 from hacheck.agent import AgentServer
 from hacheck.app import make_app, own_ip_addresses
@@ -29,6 +29,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 RESTART_PAUSE = 1.0
 # Requests carry at most a small form (POST /spool); a larger body is refused with 400.
 MAX_REQUEST_BODY = 64 * 1024
+# Connections the kernel queues before accept (capped by net.core.somaxconn).
+# Tornado's default of 128 overflows when many checks arrive at once, and an
+# overflowed connection waits seconds for a SYN-ACK retransmission.
+LISTEN_BACKLOG = 4096
 
 
 class StartupError(Exception):
@@ -117,7 +121,8 @@ def bind(args: argparse.Namespace, reuse_port: bool) -> list:
     sockets = []
     for port in args.ports:
         try:
-            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port)
+            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port,
+                                                    backlog=LISTEN_BACKLOG)
         except OSError as err:
             for sock in sockets:
                 sock.close()
@@ -156,7 +161,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
                    with_mutornadomon=True, spool_on_http=args.spool_on_http)
     state = app.settings["hacheck_state"]
-    server = tornado.httpserver.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY)
+    server = hacheck.server.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY)
     server.add_sockets(sockets)
     agent = AgentServer(state.spool)
     await agent.start(agent_sockets)

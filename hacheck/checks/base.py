@@ -21,6 +21,12 @@ from hacheck.config import Config
 
 log = logging.getLogger(__name__)
 
+# What the HTTP client may buffer from one upstream (Tornado's default is 100 MB).
+# Tornado 6.2 reads a body without a length (read until close) into this buffer
+# before any streaming callback sees it, so an endless answer would cost this much
+# memory and time; the http check reads at most 64 KiB of body anyway.
+HTTP_MAX_BUFFER_BYTES = 256 * 1024
+
 
 @dataclass(frozen=True)
 class Target:
@@ -64,7 +70,8 @@ class SharedResources:
         """One HTTP client whose ``max_clients`` bounds concurrent outbound requests."""
         if self._http_client is None:
             self._http_client = AsyncHTTPClient(
-                force_instance=True, max_clients=self.config.max_clients
+                force_instance=True, max_clients=self.config.max_clients,
+                max_buffer_size=HTTP_MAX_BUFFER_BYTES,
             )
         return self._http_client
 

@@ -6,6 +6,7 @@ stays silent is a 503 whose message says which.
 """
 
 import asyncio
+import logging
 import urllib.parse
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -100,6 +101,24 @@ def _failure_message(err: Exception, url: str, target: Target, body: "_BoundedBo
 
 class _BodyTooLarge(HTTPInputError):
     """Raised from the body callback; Tornado then drops the connection as for a malformed answer."""
+
+
+def _is_body_too_large(record: logging.LogRecord) -> bool:
+    """False for Tornado's log records of our own ``_BodyTooLarge`` (anywhere in the exception chain)."""
+    err = record.exc_info[1] if record.exc_info else None
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, _BodyTooLarge):
+            return False
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return True
+
+
+# Tornado before 6.5 logs an exception raised in a streaming callback as an
+# "Uncaught exception" with a traceback, though the fetch then fails as meant:
+# an oversized answer is the upstream's doing and already the check's 503.
+logging.getLogger("tornado.application").addFilter(_is_body_too_large)
 
 
 class _BoundedBody:
