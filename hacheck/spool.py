@@ -223,14 +223,26 @@ class Spool:
         host). Returns (name of the entry that matched, downtime), or None when up.
         """
         now = time.time() if now is None else now
-        candidates = [(ALL, None, None), (service, None, None)]
-        if port is not None:
-            candidates.append((service, port, host))
-        for name, entry_port, entry_host in candidates:
-            downtime = self.active(name, entry_port, entry_host, now)
-            if downtime is not None:
+        candidates = ((ALL, None, None), (service, None, None), (service, port, host))
+        for name, entry_port, entry_host in candidates if port is not None else candidates[:2]:
+            downtime = self._read_if_present(self.path(name, entry_port, entry_host))
+            if downtime is not None and not downtime.is_expired(now):
                 return name, downtime
         return None
+
+    def _read_if_present(self, path: str) -> Optional[Downtime]:
+        """``_read_file`` for the hot path: a stat first, so a missing file (the usual case) costs no open().
+
+        Every call still asks the file system (nothing is remembered between
+        requests), so a new, removed or rewritten file counts at once.
+        """
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            pass  # _read_file turns the same error into a downtime naming it, as before
+        return self._read_file(path)
 
     def down(self, service: str, reason: str = "", expiration: Optional[float] = None,
              port: Optional[int] = None, host: Optional[str] = None,
