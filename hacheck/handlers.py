@@ -170,13 +170,18 @@ class CheckHandler(BaseHandler):
         key = (self.protocol, target.host, target.port, query, query_string)
         if config.service_name_header:
             key += (service,)
-        context = CheckContext(service=service, config=config, resources=state.resources,
-                               query_string=query_string, headers=self.request.headers)
+        headers = self.request.headers
         check = REGISTRY[self.protocol]
-        bypass = "no-cache" in self.request.headers.get("Pragma", "").lower()
-        return await state.cache.get_or_run(
-            key, lambda: run_check(check, target, query, context), bypass=bypass
-        )
+        pragma = headers.get("Pragma")
+        bypass = pragma is not None and "no-cache" in pragma.lower()
+
+        def run():
+            # Built only when the check runs: a cache hit needs no context.
+            context = CheckContext(service=service, config=config, resources=state.resources,
+                                   query_string=query_string, headers=headers)
+            return run_check(check, target, query, context)
+
+        return await state.cache.get_or_run(key, run, bypass=bypass)
 
     def post(self, service: str, port_text: str, query: Optional[str] = None) -> None:
         if self.protocol != "spool":
