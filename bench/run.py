@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,8 +171,21 @@ def _latency_ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
 
 
-def run_wrk(url: str, duration: float, connections: int, threads: int = 1, close: bool = False) -> dict:
-    """Load ``url`` with wrk; requests/s, p50 and p99 in ms, and errors (socket errors + non-2xx/3xx)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, duration: float, connections: int, threads: int = 1, close: bool = False,
+            server_pid: Optional[int] = None) -> dict:
+    """Load ``url`` with wrk; requests/s, p50 and p99 in ms, and errors (socket errors + non-2xx/3xx).
+
+    With ``server_pid``, also the server's CPU time per request, which other
+    load on a shared machine disturbs far less than requests per second.
+    """
+    cpu_before = cpu_seconds(server_pid) if server_pid else None
     argv = ["wrk", "--latency", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s"]
     if close:
         argv += ["-H", "Connection: close"]
@@ -189,6 +203,9 @@ def run_wrk(url: str, duration: float, connections: int, threads: int = 1, close
         errors += int(non_2xx.group(1))
     figures["errors"] = errors
     figures["requests"] = int(re.search(r"(\d+) requests in", output).group(1))
+    if server_pid:
+        cpu_used = cpu_seconds(server_pid) - cpu_before
+        figures["cpu_us_per_request"] = round(cpu_used * 1e6 / max(1, figures["requests"]), 1)
     return figures
 
 
@@ -204,8 +221,9 @@ def median_figures(runs: list) -> dict:
         else:
             figures[name] = None
     figures["rounds"] = len(runs)
-    if "ratio" in runs[0]:
-        figures["ratio_per_round"] = [round(run["ratio"], 3) for run in runs]
+    for name in ("ratio", "cpu_ratio"):
+        if name in runs[0]:
+            figures[f"{name}_per_round"] = [round(run[name], 3) for run in runs]
     return figures
 
 
@@ -306,16 +324,16 @@ def run(args) -> dict:
     processes = Processes()
     try:
         bare_port, upstream_port = free_port(), free_port()
-        processes.helper("bare", bare_port)
+        bare = processes.helper("bare", bare_port)
         processes.helper("upstream", upstream_port)
-        _, cached_port, startup = processes.hacheck("cached", cache_time=3600)
-        _, uncached_port, _ = processes.hacheck("uncached", cache_time=0)
+        cached, cached_port, startup = processes.hacheck("cached", cache_time=3600)
+        uncached, uncached_port, _ = processes.hacheck("uncached", cache_time=0)
 
         scenarios = {
-            "spool check": (cached_port, f"/spool/bench/{upstream_port}/"),
-            "cached http check": (cached_port, f"/http/bench/{upstream_port}/health"),
-            "cached tcp check": (cached_port, f"/tcp/bench/{upstream_port}/"),
-            "uncached http check": (uncached_port, f"/http/bench/{upstream_port}/health"),
+            "spool check": (cached, cached_port, f"/spool/bench/{upstream_port}/"),
+            "cached http check": (cached, cached_port, f"/http/bench/{upstream_port}/health"),
+            "cached tcp check": (cached, cached_port, f"/tcp/bench/{upstream_port}/"),
+            "uncached http check": (uncached, uncached_port, f"/http/bench/{upstream_port}/health"),
         }
         results = {"ceiling": {}, "scenarios": {}}
         # The machine may be shared: every round measures the ceiling and each
@@ -324,13 +342,15 @@ def run(args) -> dict:
         rounds = {"ceiling": {}, "scenarios": {}}
         for mode, close in (("keep-alive", False), ("close", True)):
             for _ in range(args.rounds):
-                ceiling = run_wrk(f"http://127.0.0.1:{bare_port}/", args.duration, args.connections, close=close)
+                ceiling = run_wrk(f"http://127.0.0.1:{bare_port}/", args.duration, args.connections, close=close,
+                                  server_pid=bare.pid)
                 rounds["ceiling"].setdefault(mode, []).append(ceiling)
-                for name, (port, path) in scenarios.items():
+                for name, (server, port, path) in scenarios.items():
                     urllib.request.urlopen(f"http://127.0.0.1:{port}{path}").read()  # warm the cache
                     figures = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections,
-                                      close=close)
+                                      close=close, server_pid=server.pid)
                     figures["ratio"] = figures["rps"] / ceiling["rps"]
+                    figures["cpu_ratio"] = ceiling["cpu_us_per_request"] / max(0.1, figures["cpu_us_per_request"])
                     rounds["scenarios"].setdefault(name, {}).setdefault(mode, []).append(figures)
             results["ceiling"][mode] = median_figures(rounds["ceiling"][mode])
             for name in scenarios:
@@ -381,14 +401,17 @@ def verdicts(results: dict) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(f"{'scenario':<22} {'mode':<11} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'ratio':>6}")
+    print(f"{'scenario':<22} {'mode':<11} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'ratio':>6} "
+          f"{'cpu us/req':>10} {'cpu ratio':>9}")
     for mode, figures in results["ceiling"].items():
-        print(f"{'bare Tornado ceiling':<22} {mode:<11} {figures['rps']:>10.0f} {figures['p50_ms']:>8.2f} "
-              f"{figures['p99_ms']:>8.2f} {figures['errors']:>7} {1:>6.2f}")
+        print(f"{'bare Tornado ceiling':<22} {mode:<11} {figures['rps']:>9.0f} {figures['p50_ms']:>7.2f} "
+              f"{figures['p99_ms']:>7.2f} {figures['errors']:>6} {1:>6.2f} {figures['cpu_us_per_request']:>10.0f} "
+              f"{1:>9.2f}")
     for name, modes in results["scenarios"].items():
         for mode, figures in modes.items():
-            print(f"{name:<22} {mode:<11} {figures['rps']:>10.0f} {figures['p50_ms']:>8.2f} "
-                  f"{figures['p99_ms']:>8.2f} {figures['errors']:>7} {figures['ratio']:>6.2f}")
+            print(f"{name:<22} {mode:<11} {figures['rps']:>9.0f} {figures['p50_ms']:>7.2f} "
+                  f"{figures['p99_ms']:>7.2f} {figures['errors']:>6} {figures['ratio']:>6.2f} "
+                  f"{figures['cpu_us_per_request']:>10.0f} {figures['cpu_ratio']:>9.2f}")
     scaling = results["scaling"]
     print(f"\nscaling: -n 1 {scaling['n1']['rps']:.0f} req/s, -n 2 {scaling['n2']['rps']:.0f} req/s, "
           f"ratio {scaling['ratio']:.2f}")
