@@ -7,11 +7,34 @@ as time passes, so memory stays bounded however many distinct keys pass through.
 """
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, Optional, Tuple
 
 COUNTER_NAMES = ("gets", "hits", "misses", "sets", "expirations", "coalesced")
+
+# A dict never gives back the table it grew to, request objects caught in
+# reference cycles wait for a full garbage collection, and freed memory stays
+# in the process: once the cache has shrunk below a quarter of a peak this
+# large, its entries are copied into a fresh dict, the cycles are collected and
+# the C library is asked to return free pages, so RSS falls back after a burst
+# of distinct keys expires. It happens at most once per such burst.
+COMPACT_PEAK = 4096
+
+
+def _load_malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
 
 
 class CacheObserver:
@@ -43,6 +66,7 @@ class CheckCache:
         self._entries: OrderedDict[Hashable, Tuple[float, Any]] = OrderedDict()
         self._in_flight: Dict[Hashable, asyncio.Future[Any]] = {}
         self.counters: Dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self._peak = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -67,6 +91,16 @@ class CheckCache:
             expired += 1
         if expired:
             self.observer.expired(expired, len(entries))
+        if self._peak >= COMPACT_PEAK and len(entries) * 4 < self._peak:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._entries = OrderedDict(self._entries)
+        self._in_flight = dict(self._in_flight)
+        self._peak = len(self._entries)
+        gc.collect()
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
     async def get_or_run(self, key: Hashable, run: Callable[[], Awaitable[Any]], bypass: bool = False) -> Any:
         """A fresh cached value for ``key``, else the value of ``run()``, shared by concurrent callers.
@@ -107,3 +141,5 @@ class CheckCache:
         self._entries[key] = (self._clock() + self.ttl, task.result())
         self.counters["sets"] += 1
         self.observer.stored(len(self._entries))
+        if len(self._entries) > self._peak:
+            self._peak = len(self._entries)

@@ -275,15 +275,19 @@ class CheckHandler(BaseHandler):
         key = (self.protocol, target.host, target.port, query, query_string)
         if config.service_name_header:
             key += (service,)
-        context = CheckContext(service=service, config=config, resources=state.resources,
-                               query_string=query_string, headers=self.request.headers)
+        headers = self.request.headers
         check = REGISTRY[self.protocol]
-        bypass = "no-cache" in self.request.headers.get("Pragma", "").lower()
+        pragma = headers.get("Pragma")
+        bypass = pragma is not None and "no-cache" in pragma.lower()
         time_check = state.metrics.time_check
-        return await state.cache.get_or_run(
-            key, lambda: time_check(self.protocol, service, run_check(check, target, query, context)),
-            bypass=bypass
-        )
+
+        def run():
+            # Built only when the check runs: a cache hit needs no context.
+            context = CheckContext(service=service, config=config, resources=state.resources,
+                                   query_string=query_string, headers=headers)
+            return time_check(self.protocol, service, run_check(check, target, query, context))
+
+        return await state.cache.get_or_run(key, run, bypass=bypass)
 
     def post(self, service: str, port_text: str, query: Optional[str] = None) -> None:
         if self.protocol != "spool":

@@ -98,3 +98,26 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_shared_check():
     first.cancel()
     assert await second == "ok-1"
     assert len(calls) == 1
+
+
+@pytest.mark.gen_test
+async def test_cache_keeps_working_after_a_burst_of_distinct_keys_expires():
+    clock = FakeClock()
+    cache = CheckCache(ttl=10, clock=clock)
+
+    async def value_of(key):
+        return f"value-{key}"
+
+    for key in range(5000):
+        assert await cache.get_or_run(key, lambda key=key: value_of(key)) == f"value-{key}"
+    assert len(cache) == 5000
+    clock.now += 5
+    assert await cache.get_or_run("late", lambda: value_of("late")) == "value-late"
+    clock.now += 6  # the burst has expired, "late" has not
+    run, calls = counting_check()
+    assert await cache.get_or_run("new", run) == "ok-1"
+    assert len(cache) == 2
+    assert cache.counters["expirations"] == 5000
+    assert await cache.get_or_run("late", run) == "value-late"
+    assert await cache.get_or_run("new", run) == "ok-1"
+    assert len(calls) == 1
