@@ -18,7 +18,7 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import FrozenSet, Iterator, List, Optional, Tuple
 
 DEFAULT_SPOOL_ROOT = "/var/spool/hacheck"
 ALL = "all"
@@ -265,16 +265,33 @@ class Spool:
         candidates = [(ALL, None, None), (service, None, None)]
         if port is not None:
             candidates.append((service, port, host))
+        present = self._names_present()
         first_drain = None
         for name, entry_port, entry_host in candidates:
-            downtime = self.active(name, entry_port, entry_host, now)
-            if downtime is None:
+            filename = spool_filename(name, entry_port, entry_host)
+            if present is not None and filename not in present:
+                continue
+            downtime = self._read_file(os.path.join(self.root, filename))
+            if downtime is None or downtime.is_expired(now):
                 continue
             if not downtime.is_drain:
                 return name, downtime
             if first_drain is None:
                 first_drain = (name, downtime)
         return first_drain
+
+    def _names_present(self) -> Optional[FrozenSet[str]]:
+        """The names in the spool root right now (one directory read), or None when it cannot be listed.
+
+        The hot path reads the directory on every request instead of trying
+        each candidate file: a missing file then costs no failed stat() and no
+        exception. Nothing is remembered between requests, so every change,
+        including a legacy writer rewriting a file in place, counts at once.
+        """
+        try:
+            return frozenset(os.listdir(self.root))
+        except OSError:
+            return None  # fall back to trying each file, which reports why it is unreadable
 
     def down(self, service: str, reason: str = "", expiration: Optional[float] = None,
              port: Optional[int] = None, host: Optional[str] = None,
