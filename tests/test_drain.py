@@ -1,7 +1,5 @@
 """Draining downtimes (issue 8): the spool's state field, 404 on check routes, POST status=drain, -S, the tools."""
 
-import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -11,7 +9,7 @@ import pytest
 from hacheck.app import make_app
 from hacheck.config import Config
 from hacheck.spool import STATE_DRAIN, Downtime, Spool, parse_downtime
-from tests.checks.upstreams import http_upstream
+from tests.checks.upstreams import accepting, http_upstream
 from tests.conftest import tool_argv, tool_env, unused_port
 
 NOW = 1_700_000_000.0
@@ -109,19 +107,6 @@ def get(http_client, base_url):
 
 def text(response) -> str:
     return response.body.decode() if response.body else ""
-
-
-@contextlib.asynccontextmanager
-async def accepting():
-    """A TCP listener that accepts and closes; yields its port."""
-    async def handle(reader, writer):
-        writer.close()
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.gen_test

@@ -1,7 +1,6 @@
 """The HTTP API (COMPAT.md section 2) through a real Tornado server, against real upstreams on loopback."""
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -13,7 +12,7 @@ from hacheck.activity import Activity
 from hacheck.app import make_app
 from hacheck.config import Config
 from hacheck.spool import Spool
-from tests.checks.upstreams import full_backlog_listener, http_upstream, silent_listener, tls_server_context
+from tests.checks.upstreams import accepting, full_backlog_listener, http_upstream, silent_listener, tls_server_context
 from tests.conftest import unused_port
 
 OWN_IP = "192.0.2.77"  # stands in for this machine's own address
@@ -57,19 +56,6 @@ def get(http_client, base_url):
 
 def text(response) -> str:
     return response.body.decode() if response.body else ""
-
-
-@contextlib.asynccontextmanager
-async def accepting(host="127.0.0.1"):
-    """A TCP listener that accepts and closes; yields its port."""
-    async def handle(reader, writer):
-        writer.close()
-    server = await asyncio.start_server(handle, host, 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 # --- routes ---------------------------------------------------------------------

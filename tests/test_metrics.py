@@ -22,6 +22,7 @@ from hacheck.cache import CheckCache
 from hacheck.checks import REGISTRY
 from hacheck.config import Config, ConfigError
 from hacheck.spool import Spool
+from tests.checks.upstreams import accepting
 from tests.conftest import http_request
 from tests.e2e.support import operator_tool, threaded_upstream
 
@@ -89,19 +90,6 @@ def scrape(get):
         assert response.code == 200
         return parse(response.body.decode())
     return fetch_samples
-
-
-@contextlib.asynccontextmanager
-async def accepting():
-    """A TCP listener that accepts and closes; yields its port."""
-    async def handle(reader, writer):
-        writer.close()
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 class GatedHandler(tornado.web.RequestHandler):

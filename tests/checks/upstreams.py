@@ -191,6 +191,19 @@ async def tcp_server(handle):
         await server.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def accepting(host: str = "127.0.0.1"):
+    """A TCP listener on ``host`` that accepts each connection and closes it; yields its port."""
+    async def hang_up(reader, writer):
+        writer.close()
+    server = await asyncio.start_server(hang_up, host, 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 # --- TLS ---------------------------------------------------------------------------
 
 

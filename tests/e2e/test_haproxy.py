@@ -63,8 +63,8 @@ class HAProxy:
 
 
 @contextlib.contextmanager
-def haproxy(tmp_path, backends):
-    """Run HAProxy in the foreground with the given backend sections."""
+def run_haproxy(tmp_path, sections):
+    """HAProxy in the foreground with a stats socket and the given configuration sections."""
     binary = require_command("haproxy")
     socket_path = str(tmp_path / "haproxy.sock")
     config = tmp_path / "haproxy.cfg"
@@ -73,18 +73,7 @@ global
     stats socket {socket_path} mode 600 level admin
     maxconn 200
 
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 5s
-    timeout server 5s
-    timeout check 5s
-
-frontend fe
-    bind 127.0.0.1:{unused_port()}
-    default_backend {next(iter(backends))}
-
-{chr(10).join(backends.values())}
+{sections}
 """)
     log_path = tmp_path / "haproxy.log"
     with open(log_path, "wb") as log:
@@ -110,6 +99,27 @@ frontend fe
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def haproxy(tmp_path, backends):
+    """HAProxy in HTTP mode with a frontend to the first of the given backend sections."""
+    sections = f"""
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+    timeout check 5s
+
+frontend fe
+    bind 127.0.0.1:{unused_port()}
+    default_backend {next(iter(backends))}
+
+{chr(10).join(backends.values())}
+"""
+    with run_haproxy(tmp_path, sections) as lb:
+        yield lb
 
 
 def backend(name, check_path, server_port, hacheck_port, extra=""):

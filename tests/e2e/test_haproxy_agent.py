@@ -7,54 +7,12 @@ socket (``show stat``) until a deadline, with the helpers of test_haproxy.py.
 import contextlib
 import socket
 import socketserver
-import subprocess
 import threading
 import time
 
-import pytest
-
-from tests.conftest import require_command, unused_port
+from tests.conftest import unused_port
 from tests.e2e.support import operator_tool, threaded_upstream
-from tests.e2e.test_haproxy import DEADLINE, HAProxy, show_stat
-
-
-@contextlib.contextmanager
-def run_haproxy(tmp_path, sections):
-    """HAProxy in the foreground with a stats socket and the given configuration sections."""
-    binary = require_command("haproxy")
-    socket_path = str(tmp_path / "haproxy.sock")
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(f"""
-global
-    stats socket {socket_path} mode 600 level admin
-    maxconn 200
-
-{sections}
-""")
-    log_path = tmp_path / "haproxy.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"haproxy did not start: {log_path.read_text()}")
-            try:
-                show_stat(socket_path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield HAProxy(process, socket_path, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+from tests.e2e.test_haproxy import DEADLINE, run_haproxy
 
 
 def wait_for_agent(lb, backend, server, status):
