@@ -203,15 +203,13 @@ class CheckHandler(BaseHandler):
         if len(service) > MAX_NAME_BYTES:  # the pattern allows ASCII only: characters are bytes
             self.answer(400, f"Invalid service name: longer than {MAX_NAME_BYTES} bytes\n")
             return None
-        if len(port_text.lstrip("0")) > 5:
+        # Leading zeros go first: int() refuses strings of more than 4300 digits.
+        digits = port_text.lstrip("0")
+        if len(digits) > 5 or int(digits or "0") > 65535:
             self.answer(400, f"Invalid port {port_text[:20]}{'...' if len(port_text) > 20 else ''}: "
                              "ports go from 0 to 65535\n")
             return None
-        port = int(port_text)
-        if port > 65535:
-            self.answer(400, f"Invalid port {port_text}: ports go from 0 to 65535\n")
-            return None
-        return port
+        return int(digits or "0")
 
     async def get(self, service: str, port_text: str, query: Optional[str] = None) -> None:
         port = self._parse(service, port_text)

@@ -72,6 +72,8 @@ URL_CASES = [
     ("GET", "/spool/web/99999999999999999999", 400, "ports go from 0 to 65535"),
     ("GET", "/tcp/web/" + "9" * 5000, 400, "ports go from 0 to 65535"),
     ("GET", "/spool/web/00080", 200, ""),
+    ("GET", "/spool/web/" + "0" * 5000 + "80", 200, ""),
+    ("GET", "/tcp/web/" + "0" * 5000 + "65536", 400, "ports go from 0 to 65535"),
     ("GET", "//spool/web/80", 404, "Not found"),
     ("GET", "/spool//web/80", 404, "Not found"),
     ("GET", "/spool/web//80", 404, "Not found"),
