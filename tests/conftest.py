@@ -58,6 +58,24 @@ def spool_root(tmp_path) -> str:
     return str(root)
 
 
+@pytest.fixture
+def spool(spool_root):
+    """A ``hacheck.spool.Spool`` on the temporary ``spool_root``."""
+    from hacheck.spool import Spool
+
+    return Spool(spool_root)
+
+
+class FakeClock:
+    """A clock the test moves by hand: ``clock.now += 10``."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def tool_argv(name: str) -> list:
     """The argv that runs the tool ``name`` (``hadown``, ``hacheck``, ...) from this checkout's ``bin/``."""
     return [sys.executable, str(REPO_ROOT / "bin" / name)]

@@ -16,11 +16,6 @@ from tests.conftest import start_hacheck, tool_argv, tool_env, unused_port
 READ_TIMEOUT = 0.3
 
 
-@pytest.fixture
-def spool(spool_root):
-    return Spool(spool_root)
-
-
 @contextlib.asynccontextmanager
 async def agent_server(spool, read_timeout=READ_TIMEOUT):
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")

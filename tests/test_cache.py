@@ -3,14 +3,7 @@ import asyncio
 import pytest
 
 from hacheck.cache import CheckCache
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
+from tests.conftest import FakeClock
 
 
 def counting_check(result="ok", delay=0.0):

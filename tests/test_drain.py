@@ -15,11 +15,6 @@ from tests.conftest import tool_argv, tool_env, unused_port
 NOW = 1_700_000_000.0
 
 
-@pytest.fixture
-def spool(spool_root):
-    return Spool(spool_root)
-
-
 def record(spool, name):
     with open(os.path.join(spool.root, name)) as spool_file:
         return json.load(spool_file)

@@ -11,29 +11,15 @@ from hacheck import __version__
 from hacheck.activity import Activity
 from hacheck.app import make_app
 from hacheck.config import Config
-from hacheck.spool import Spool
 from tests.checks.upstreams import accepting, full_backlog_listener, http_upstream, silent_listener, tls_server_context
-from tests.conftest import unused_port
+from tests.conftest import FakeClock, unused_port
 
 OWN_IP = "192.0.2.77"  # stands in for this machine's own address
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1_700_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def spool(spool_root):
-    return Spool(spool_root)
-
-
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ from hacheck.app import make_app
 from hacheck.cache import CheckCache
 from hacheck.checks import REGISTRY
 from hacheck.config import Config, ConfigError
-from hacheck.spool import Spool
 from tests.checks.upstreams import accepting
-from tests.conftest import http_request
+from tests.conftest import FakeClock, http_request
 from tests.e2e.support import operator_tool, threaded_upstream
 
 # --- reading a scrape ---------------------------------------------------------------
@@ -45,20 +44,7 @@ def label_values(samples: list, label: str) -> set:
     return {sample_labels[label] for _, sample_labels, _ in samples if label in sample_labels}
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 # --- in-process: the application on a real Tornado server ---------------------------
-
-
-@pytest.fixture
-def spool(spool_root):
-    return Spool(spool_root)
 
 
 @pytest.fixture
