@@ -83,14 +83,12 @@ class _RequestCounter:
 
     def __init__(self, monitor):
         from mutornadomon import net
-        from mutornadomon.collectors.web import NullTransform
 
         self.monitor = monitor
         self._net = net
-        self._transform = NullTransform()
         self._kinds = {}
 
-    def __call__(self, request):
+    def __call__(self, request) -> None:
         address = request.remote_ip
         kind = self._kinds.get(address)
         if kind is None:
@@ -104,7 +102,15 @@ class _RequestCounter:
             count("localhost_requests", 1)
         if kind[1]:
             count("private_requests", 1)
-        return self._transform
+
+
+def _counting_requests(log_function, count_request):
+    """The per-request log hook, also counting the request (cheaper than a Tornado transform, which
+    adds three calls to every response)."""
+    def log_and_count(handler: tornado.web.RequestHandler) -> None:
+        count_request(handler.request)
+        log_function(handler)
+    return log_and_count
 
 
 def _start_mutornadomon(app: tornado.web.Application):
@@ -115,7 +121,7 @@ def _start_mutornadomon(app: tornado.web.Application):
 
     monitor = MuTornadoMon(HTTPEndpointExternalInterface(app, request_filter=is_localhost))
     monitor.start()
-    app.add_transform(_RequestCounter(monitor))
+    app.settings["log_function"] = _counting_requests(app.settings["log_function"], _RequestCounter(monitor))
     UtilizationCollector(monitor).start()
     return monitor
 

@@ -122,6 +122,8 @@ def _header_values(headers: Mapping[str, str], name: str) -> List[str]:
 
 def choose_target(headers: Mapping[str, str], url_port: int, own_ips: frozenset) -> Target:
     """Host and port to check: the URL's port on 127.0.0.1, unless the headers name others."""
+    if "X-Haproxy-Server-State" not in headers and "X-Nerve-Check-IP" not in headers:
+        return Target(LOCALHOST, url_port)  # the usual request: nothing to parse
     host, port = None, url_port
     states = _header_values(headers, "X-Haproxy-Server-State")
     if states:

@@ -10,6 +10,7 @@ an expired downtime could race an operator renewing it).
 """
 
 import errno
+import functools
 import json
 import math
 import os
@@ -176,11 +177,61 @@ def _is_symlink(path: str) -> bool:
         return False
 
 
+# A directory listing is trusted again only when the directory last changed at
+# least this long before it was read: file systems stamp times from a coarse
+# clock, so a change in the same tick as the listing could leave the stamp as it was.
+LISTING_SETTLE_SECONDS = 2.0
+# And never for longer than this, whatever the stat says (a clock stepped back,
+# a file system that does not stamp directories): a change counts within a second.
+LISTING_MAX_AGE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """The spool root's names with the directory stat they were read under."""
+
+    identity: Tuple[int, int, int, int]  # device, inode, mtime and ctime in nanoseconds
+    names: FrozenSet[str]
+    expires_at: float  # time.monotonic()
+
+    @staticmethod
+    def identity_of(status: os.stat_result) -> Tuple[int, int, int, int]:
+        return status.st_dev, status.st_ino, status.st_mtime_ns, status.st_ctime_ns
+
+    @classmethod
+    def of(cls, status: os.stat_result, names: FrozenSet[str]) -> Optional["_Listing"]:
+        """A reusable listing, or None while the directory changed too recently to trust its stamps.
+
+        Every later creation, removal or rename in the directory changes its
+        mtime and ctime to a later tick, so an unchanged stat means unchanged names.
+        """
+        last_change_ns = max(status.st_mtime_ns, status.st_ctime_ns)
+        if time.time_ns() - last_change_ns < LISTING_SETTLE_SECONDS * 1e9:
+            return None
+        return cls(cls.identity_of(status), names, time.monotonic() + LISTING_MAX_AGE_SECONDS)
+
+    def still_valid(self, status: os.stat_result, now: float) -> bool:
+        return now < self.expires_at and self.identity == self.identity_of(status)
+
+
+@functools.lru_cache(maxsize=4096)
+def _candidates(service: str, port: Optional[int], host: Optional[str]) -> Tuple[Tuple[str, str], ...]:
+    """(name, file name) of the entries that can keep ``service`` down, in the order they are looked at.
+
+    Remembered: HAProxy asks about the same few services over and over.
+    """
+    candidates = [(ALL, None, None), (service, None, None)]
+    if port is not None:
+        candidates.append((service, port, host))
+    return tuple((name, spool_filename(name, entry_port, entry_host)) for name, entry_port, entry_host in candidates)
+
+
 class Spool:
     """The spool directory: reading, atomic writing, and listing of downtimes."""
 
     def __init__(self, root: str = DEFAULT_SPOOL_ROOT):
         self.root = root
+        self._listing: Optional[_Listing] = None
 
     def ensure_root(self, mode: int = 0o750) -> None:
         """Create the root when missing; raise SpoolError naming it when that fails."""
@@ -262,13 +313,9 @@ class Spool:
         A downtime that cuts wins over one that drains, wherever each is found.
         """
         now = time.time() if now is None else now
-        candidates = [(ALL, None, None), (service, None, None)]
-        if port is not None:
-            candidates.append((service, port, host))
         present = self._names_present()
         first_drain = None
-        for name, entry_port, entry_host in candidates:
-            filename = spool_filename(name, entry_port, entry_host)
+        for name, filename in _candidates(service, port, host):
             if present is not None and filename not in present:
                 continue
             downtime = self._read_file(os.path.join(self.root, filename))
@@ -281,17 +328,26 @@ class Spool:
         return first_drain
 
     def _names_present(self) -> Optional[FrozenSet[str]]:
-        """The names in the spool root right now (one directory read), or None when it cannot be listed.
+        """The names in the spool root now, or None when it cannot be listed.
 
-        The hot path reads the directory on every request instead of trying
-        each candidate file: a missing file then costs no failed stat() and no
-        exception. Nothing is remembered between requests, so every change,
-        including a legacy writer rewriting a file in place, counts at once.
+        The hot path looks the candidates up in a listing instead of trying each
+        file: a missing file then costs no failed stat() and no exception. The
+        listing is reused while one stat() of the directory shows it unchanged
+        (see ``_Listing``), so an unchanged spool costs one system call per request.
         """
         try:
-            return frozenset(os.listdir(self.root))
+            status = os.stat(self.root)
         except OSError:
             return None  # fall back to trying each file, which reports why it is unreadable
+        listing = self._listing
+        if listing is not None and listing.still_valid(status, time.monotonic()):
+            return listing.names
+        try:
+            names = frozenset(os.listdir(self.root))
+        except OSError:
+            return None
+        self._listing = _Listing.of(status, names)
+        return names
 
     def down(self, service: str, reason: str = "", expiration: Optional[float] = None,
              port: Optional[int] = None, host: Optional[str] = None,

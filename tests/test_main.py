@@ -1,5 +1,6 @@
 """The ``hacheck`` command as a real process: flags, configuration errors, logging, limits, spool root."""
 
+import json
 import os
 import re
 import socket
@@ -119,9 +120,15 @@ def test_bind_address_on_a_loopback_alias(hacheck_daemon):
 def test_mutornadomon_served_to_localhost_only(hacheck_daemon):
     require(mutornadomon_importable(), "mutornadomon (and its import of mock) is not installed")
     daemon = hacheck_daemon()
+    for _ in range(3):
+        assert daemon.get("/spool/web/80")[0] == 200
     status, body, _ = daemon.get("/mutornadomon")
     assert status == 200
     assert "process" in body
+    counters = json.loads(body)["counters"]
+    # The three checks (and the readiness probe) are counted, as loopback requests.
+    assert counters["requests"] >= 3 and counters["localhost_requests"] >= 3
+    assert counters["callbacks_processed"] > 0
     other = non_loopback_ip()
     if other is not None:
         assert http_request(daemon.port, "/mutornadomon", host=other)[0] == 403
