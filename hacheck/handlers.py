@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 SERVICE_PATTERN = r"[.a-zA-Z0-9_-]+"
 DEFAULT_RECENT_THRESHOLD = 600
 
+# The headers that may name another host (and port) to check than the URL's port on 127.0.0.1.
+SERVER_STATE_HEADER = "X-Haproxy-Server-State"
+NERVE_CHECK_IP_HEADER = "X-Nerve-Check-IP"
+
 # Host names and IPv4/IPv6 literals: anything else in a header is not a host.
 _HOST_PATTERN = re.compile(r"^[A-Za-z0-9._:%-]{1,255}$")
 _HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -122,17 +126,17 @@ def _header_values(headers: Mapping[str, str], name: str) -> List[str]:
 
 def choose_target(headers: Mapping[str, str], url_port: int, own_ips: frozenset) -> Target:
     """Host and port to check: the URL's port on 127.0.0.1, unless the headers name others."""
-    if "X-Haproxy-Server-State" not in headers and "X-Nerve-Check-IP" not in headers:
+    if SERVER_STATE_HEADER not in headers and NERVE_CHECK_IP_HEADER not in headers:
         return Target(LOCALHOST, url_port)  # the usual request: nothing to parse
     host, port = None, url_port
-    states = _header_values(headers, "X-Haproxy-Server-State")
+    states = _header_values(headers, SERVER_STATE_HEADER)
     if states:
         state_host, state_port = parse_server_state(";".join(states))
         host = state_host
         if state_port is not None:
             port = state_port
     if host is None:
-        nerve_ips = [value.strip() for value in _header_values(headers, "X-Nerve-Check-IP") if value.strip()]
+        nerve_ips = [value.strip() for value in _header_values(headers, NERVE_CHECK_IP_HEADER) if value.strip()]
         nerve_ip = _one_value("X-Nerve-Check-IP header", nerve_ips)
         if nerve_ip is not None:
             if not is_host(nerve_ip):

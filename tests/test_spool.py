@@ -238,42 +238,62 @@ def test_per_host_downtime(spool):
     assert spool.up("web", port=80, host="10.0.0.1") is True
 
 
-@pytest.mark.parametrize("change", ["down", "legacy file", "up", "rename in", "directory in the way"])
-def test_a_change_counts_at_once_after_a_quiet_spell(spool, monkeypatch, change):
-    """The daemon reuses a listing of a settled spool; any change to it must still count at the next look."""
+def _put_down_on_the_port(spool, round_number):
+    spool.down("web", port=80, reason=f"round {round_number}")
+    assert spool.find_downtime("web", port=80)[1].reason == f"round {round_number}"
+    spool.up("web", port=80)
+
+
+def _write_a_legacy_all(spool, round_number):
+    write_raw(spool, "all", b"legacy writer")
+    assert spool.find_downtime("web", port=80)[0] == "all"
+    os.unlink(os.path.join(spool.root, "all"))
+
+
+def _take_the_service_up(spool, round_number):
+    before = spool.find_downtime("web", port=80)[1]
+    spool.up("web")
+    assert spool.find_downtime("web", port=80) is None
+    spool.down("web", reason=before.reason, creation=before.creation)
+
+
+def _rename_a_file_in(spool, round_number):
+    write_raw(spool, ".elsewhere", b"moved in")
+    time.sleep(0.1)
+    assert spool.find_downtime("web", port=80) is None
+    os.rename(os.path.join(spool.root, ".elsewhere"), os.path.join(spool.root, "web:80"))
+    assert spool.find_downtime("web", port=80)[1].reason == "moved in"
+    os.unlink(os.path.join(spool.root, "web:80"))
+
+
+def _put_a_directory_in_the_way(spool, round_number):
+    os.mkdir(os.path.join(spool.root, "web"))
+    assert "directory" in spool.find_downtime("web", port=80)[1].reason
+    os.rmdir(os.path.join(spool.root, "web"))
+
+
+@pytest.mark.parametrize("change, down_before", [
+    (_put_down_on_the_port, False),
+    (_write_a_legacy_all, False),
+    (_take_the_service_up, True),
+    (_rename_a_file_in, False),
+    (_put_a_directory_in_the_way, False),
+])
+def test_a_change_counts_at_once_after_a_quiet_spell(spool, monkeypatch, change, down_before):
+    """The daemon reuses a listing of a settled spool; any change to it must still count at the next look.
+
+    Each change asserts it was seen at once, then puts the spool back as it was.
+    """
     monkeypatch.setattr(spool_module, "LISTING_SETTLE_SECONDS", 0.05)
-    if change == "up":
+    if down_before:
         spool.down("web", reason="before")
     for round_number in range(3):
         time.sleep(0.1)  # settled: the listing read next is reused
         before = spool.find_downtime("web", port=80)
+        assert (before is not None) == down_before
         assert spool.find_downtime("web", port=80) == before
-        if change == "down":
-            spool.down("web", port=80, reason=f"round {round_number}")
-            assert spool.find_downtime("web", port=80)[1].reason == f"round {round_number}"
-            spool.up("web", port=80)
-        elif change == "legacy file":
-            write_raw(spool, "all", b"legacy writer")
-            assert spool.find_downtime("web", port=80)[0] == "all"
-            os.unlink(os.path.join(spool.root, "all"))
-        elif change == "up":
-            assert before is not None
-            spool.up("web")
-            assert spool.find_downtime("web", port=80) is None
-            spool.down("web", reason="again")
-        elif change == "rename in":
-            write_raw(spool, ".elsewhere", b"moved in")
-            time.sleep(0.1)
-            assert spool.find_downtime("web", port=80) is None
-            os.rename(os.path.join(spool.root, ".elsewhere"), os.path.join(spool.root, "web:80"))
-            assert spool.find_downtime("web", port=80)[1].reason == "moved in"
-            os.unlink(os.path.join(spool.root, "web:80"))
-        else:
-            os.mkdir(os.path.join(spool.root, "web"))
-            assert "directory" in spool.find_downtime("web", port=80)[1].reason
-            os.rmdir(os.path.join(spool.root, "web"))
-        if change != "up":
-            assert spool.find_downtime("web", port=80) is None
+        change(spool, round_number)
+        assert spool.find_downtime("web", port=80) == before
 
 
 def test_entries_list_everything_back(spool):
