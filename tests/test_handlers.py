@@ -534,6 +534,6 @@ async def test_mutornadomon_is_not_served_unless_enabled(get):
 def test_mutornadomon_filter_lets_only_loopback_in(address, allowed):
     from types import SimpleNamespace
 
-    from hacheck.app import is_localhost
+    from hacheck.tornado_stats import is_localhost
 
     assert is_localhost(SimpleNamespace(remote_ip=address)) is allowed
