@@ -153,7 +153,7 @@ def test_random_requests_never_get_a_500(daemon, method, segments, query, header
     assert b"Traceback" not in content
     if not path.startswith("/mutornadomon"):  # a third-party handler with Tornado's HTML error pages
         assert b"<html>" not in content, (path, content[:300])
-    if status == 503:
+    if status == 503 and method != "HEAD":  # an answer to HEAD has no body
         assert b"refused" in content or b"timed out" in content or b"down state" in content, content[:300]
 
 
