@@ -21,22 +21,26 @@ class Activity:
         self._counts: Dict[str, Dict[str, int]] = {}
         self._last_status: Dict[str, Dict[str, object]] = {}
 
-    def record_request(self, service: str, client_ip: str) -> None:
-        """Mark ``service`` as seen now and count one request from ``client_ip``."""
-        self._seen.pop(service, None)
-        self._seen[service] = self._clock()
-        counts = self._counts.setdefault(service, {})
-        if client_ip in counts or len(counts) < self.max_clients_per_service:
-            counts[client_ip] = counts.get(client_ip, 0) + 1
-        while len(self._seen) > self.max_services:
-            forgotten, _ = self._seen.popitem(last=False)
+    def record(self, service: str, client_ip: str, code: Optional[int] = None) -> None:
+        """One answered request for ``service`` from ``client_ip``: seen now, counted, and ``code``
+        (the check's own code, when it got that far) kept as the service's last status."""
+        now = self._clock()
+        seen = self._seen
+        seen.pop(service, None)
+        seen[service] = now
+        counts = self._counts.get(service)
+        if counts is None:
+            counts = self._counts[service] = {}
+        if client_ip in counts:
+            counts[client_ip] += 1
+        elif len(counts) < self.max_clients_per_service:
+            counts[client_ip] = 1
+        if code is not None:
+            self._last_status[service] = {"code": code, "remote_ip": client_ip, "ts": now}
+        while len(seen) > self.max_services:
+            forgotten, _ = seen.popitem(last=False)
             self._counts.pop(forgotten, None)
             self._last_status.pop(forgotten, None)
-
-    def record_status(self, service: str, code: int, client_ip: str) -> None:
-        """Remember the check's own code as the service's last status."""
-        if service in self._seen:
-            self._last_status[service] = {"code": code, "remote_ip": client_ip, "ts": self._clock()}
 
     def last_status(self, service: str) -> Optional[Dict[str, object]]:
         return self._last_status.get(service)

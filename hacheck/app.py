@@ -81,8 +81,8 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
         metrics=metrics,
         spool_on_http=spool_on_http,
     )
-    state.cache.observer = metrics.cache
-    table = routes()
+    metrics.observe(state.cache)
+    table = routes(state)
     log_function = _access_log if access_log else None
     if with_mutornadomon:
         state.tornado_stats = tornado_stats_if_available()
@@ -91,6 +91,7 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
         log_function = state.tornado_stats.counting_requests(log_function)
         state.tornado_stats.start()
     return tornado.web.Application(table, hacheck_state=state, default_handler_class=NotFoundHandler,
+                                   default_handler_args={"state": state},
                                    log_function=log_function or _no_access_log)
 
 

@@ -61,12 +61,15 @@ class CheckCache:
                  observer: Optional[CacheObserver] = None):
         self.ttl = ttl
         self._clock = clock
-        self.observer = observer if observer is not None else CacheObserver()
+        # Told about hits, misses, ... as they happen; None when nobody needs telling.
+        self.observer = observer
         # Insertion order is expiry order because every entry lives exactly ttl.
         self._entries: OrderedDict[Hashable, Tuple[float, Any]] = OrderedDict()
         self._in_flight: Dict[Hashable, asyncio.Future[Any]] = {}
         self.counters: Dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._peak = 0
+        # When the oldest entry expires (never before): a lookup sweeps only once something is due.
+        self._next_expiry = float("inf")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -89,8 +92,10 @@ class CheckCache:
             del entries[key]
             self.counters["expirations"] += 1
             expired += 1
+        self._next_expiry = next(iter(entries.values()))[0] if entries else float("inf")
         if expired:
-            self.observer.expired(expired, len(entries))
+            if self.observer is not None:
+                self.observer.expired(expired, len(entries))
         if self._peak >= COMPACT_PEAK and len(entries) * 4 < self._peak:
             self._compact()
 
@@ -102,6 +107,25 @@ class CheckCache:
         if _malloc_trim is not None:
             _malloc_trim(0)
 
+    def fresh(self, key: Hashable) -> Any:
+        """The cached value for ``key`` when there is a fresh one (counted as a get and a hit), else None.
+
+        The synchronous fast path: a caller that gets None goes on with ``get_or_run``,
+        which counts the get and the miss (or the shared check). Values are never None.
+        """
+        now = self._clock()
+        if now >= self._next_expiry:
+            self._evict_expired(now)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        counters = self.counters
+        counters["gets"] += 1
+        counters["hits"] += 1
+        if self.observer is not None:
+            self.observer.hit()
+        return entry[1]
+
     async def get_or_run(self, key: Hashable, run: Callable[[], Awaitable[Any]], bypass: bool = False) -> Any:
         """A fresh cached value for ``key``, else the value of ``run()``, shared by concurrent callers.
 
@@ -109,22 +133,26 @@ class CheckCache:
         check and runs a new one, whose result is then stored for others.
         """
         now = self._clock()
-        self._evict_expired(now)
+        if now >= self._next_expiry:
+            self._evict_expired(now)
         counters = self.counters
         counters["gets"] += 1
         if not bypass:
             entry = self._entries.get(key)
             if entry is not None:
                 counters["hits"] += 1
-                self.observer.hit()
+                if self.observer is not None:
+                    self.observer.hit()
                 return entry[1]
             pending = self._in_flight.get(key)
             if pending is not None:
                 counters["coalesced"] += 1
-                self.observer.coalesced()
+                if self.observer is not None:
+                    self.observer.coalesced()
                 return await asyncio.shield(pending)
         counters["misses"] += 1
-        self.observer.miss()
+        if self.observer is not None:
+            self.observer.miss()
         task = asyncio.ensure_future(run())
         if not bypass:
             self._in_flight[key] = task
@@ -138,8 +166,12 @@ class CheckCache:
         if task.cancelled() or task.exception() is not None or self.ttl <= 0:
             return
         self._entries.pop(key, None)
-        self._entries[key] = (self._clock() + self.ttl, task.result())
+        expires_at = self._clock() + self.ttl
+        self._entries[key] = (expires_at, task.result())
+        if expires_at < self._next_expiry:
+            self._next_expiry = expires_at
         self.counters["sets"] += 1
-        self.observer.stored(len(self._entries))
+        if self.observer is not None:
+            self.observer.stored(len(self._entries))
         if len(self._entries) > self._peak:
             self._peak = len(self._entries)

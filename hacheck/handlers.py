@@ -1,8 +1,8 @@
 """Thin Tornado handlers: parse the URL, pick the target, ask spool, cache and checks, answer.
 
-A request flows one way: activity (seen, counted) -> target -> spool -> cached
-protocol check -> response -> activity (last status). Handlers hold no state of
-their own; everything lives in the ``DaemonState`` found in the application settings.
+A request flows one way: target -> spool -> cached protocol check -> activity
+(seen, counted, last status) -> response. Handlers hold no state of their own;
+everything lives in the ``DaemonState`` the route table hands to each of them.
 """
 
 import http.client
@@ -11,8 +11,10 @@ import logging
 import os
 import re
 import time
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import tornado.escape
+import tornado.httputil
 import tornado.web
 
 from hacheck.checks import QUERY_REQUIRED, REGISTRY, CheckContext, Target, run_check
@@ -26,6 +28,8 @@ DEFAULT_RECENT_THRESHOLD = 600
 # The headers that may name another host (and port) to check than the URL's port on 127.0.0.1.
 SERVER_STATE_HEADER = "X-Haproxy-Server-State"
 NERVE_CHECK_IP_HEADER = "X-Nerve-Check-IP"
+# The same names as HTTPHeaders keeps them, so one pass over a request's header names finds either.
+_TARGET_HEADER_NAMES = frozenset(tornado.httputil.HTTPHeaders({SERVER_STATE_HEADER: "", NERVE_CHECK_IP_HEADER: ""}))
 
 # Host names and IPv4/IPv6 literals: anything else in a header is not a host.
 _HOST_PATTERN = re.compile(r"^[A-Za-z0-9._:%-]{1,255}$")
@@ -115,28 +119,19 @@ def parse_server_state(value: str) -> Tuple[Optional[str], Optional[int]]:
     return host, None if port is None else int(port)
 
 
-def _header_values(headers: Mapping[str, str], name: str) -> List[str]:
-    """Every value of a header given on one or more lines (plain mappings have one)."""
-    get_list = getattr(headers, "get_list", None)
-    if get_list is not None:
-        return list(get_list(name))
-    value = headers.get(name)
-    return [] if value is None else [value]
-
-
-def choose_target(headers: Mapping[str, str], url_port: int, own_ips: frozenset) -> Target:
+def choose_target(headers: tornado.httputil.HTTPHeaders, url_port: int, own_ips: frozenset) -> Target:
     """Host and port to check: the URL's port on 127.0.0.1, unless the headers name others."""
-    if SERVER_STATE_HEADER not in headers and NERVE_CHECK_IP_HEADER not in headers:
+    if _TARGET_HEADER_NAMES.isdisjoint(headers):
         return Target(LOCALHOST, url_port)  # the usual request: nothing to parse
     host, port = None, url_port
-    states = _header_values(headers, SERVER_STATE_HEADER)
+    states = headers.get_list(SERVER_STATE_HEADER)
     if states:
         state_host, state_port = parse_server_state(";".join(states))
         host = state_host
         if state_port is not None:
             port = state_port
     if host is None:
-        nerve_ips = [value.strip() for value in _header_values(headers, NERVE_CHECK_IP_HEADER) if value.strip()]
+        nerve_ips = [value.strip() for value in headers.get_list(NERVE_CHECK_IP_HEADER) if value.strip()]
         nerve_ip = _one_value("X-Nerve-Check-IP header", nerve_ips)
         if nerve_ip is not None:
             if not is_host(nerve_ip):
@@ -155,18 +150,8 @@ def http_status_for(code: int) -> int:
 
 
 class BaseHandler(tornado.web.RequestHandler):
-    @property
-    def state(self):
-        return self.settings["hacheck_state"]
-
-    def prepare(self) -> None:
-        self.state.requests_in_flight += 1
-        self._counted_in_flight = True
-
-    def on_finish(self) -> None:
-        if getattr(self, "_counted_in_flight", False):
-            self._counted_in_flight = False
-            self.state.requests_in_flight -= 1
+    def initialize(self, state) -> None:
+        self.state = state  # the DaemonState, handed to every handler by the route table
 
     def compute_etag(self) -> None:
         # Health answers are never conditional: a 304 would hide a state change.
@@ -179,7 +164,10 @@ class BaseHandler(tornado.web.RequestHandler):
             self.finish()
             return
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
-        self.finish(message)
+        if message:
+            self.finish(message)
+        else:
+            self.finish()
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
@@ -190,47 +178,65 @@ class NotFoundHandler(BaseHandler):
     """Every path no route matches: a plain-text 404 saying what the paths look like."""
 
     def prepare(self) -> None:
-        super().prepare()
         self.answer(404, "Not found: checks are /<protocol>/<service>/<port>[/<query>], where the service "
                          "is letters, digits, '.', '_' and '-' and the port is decimal\n")
 
 
 class CheckHandler(BaseHandler):
-    """``/<protocol>/<service>/<port>[/<query>]`` and ``/spool/...`` (GET; POST changes the spool)."""
+    """``/<protocol>/<service>/<port>[/<query>]`` and ``/spool/...`` (GET; POST changes the spool).
 
-    def initialize(self, protocol: str) -> None:
+    The route only says that the path has this shape (see ``routes``); the parts
+    are taken from the path here, once, instead of Tornado percent-decoding
+    each of them: the service and the port cannot hold a percent sign, so only
+    the query ever needs decoding.
+    """
+
+    def initialize(self, state, protocol: str) -> None:
+        self.state = state
         self.protocol = protocol
+        self.service = ""
         self._request_counted = False
 
-    def _parse(self, service: str, port_text: str) -> Optional[int]:
+    def _parse_path(self) -> Optional[Tuple[str, int, str]]:
+        """Service, port and query ("" when none) of this request's path; None once answered with 400."""
+        parts = self.request.path.split("/", 4)  # "", protocol, service, port[, query]
+        service = self.service = parts[2]
         if service in (".", ".."):
             self.answer(400, f"Invalid service name {service!r}\n")
             return None
         if len(service) > MAX_NAME_BYTES:  # the pattern allows ASCII only: characters are bytes
             self.answer(400, f"Invalid service name: longer than {MAX_NAME_BYTES} bytes\n")
             return None
+        port_text = parts[3]
         # Leading zeros go first: int() refuses strings of more than 4300 digits.
         digits = port_text.lstrip("0")
         if len(digits) > 5 or int(digits or "0") > 65535:
             self.answer(400, f"Invalid port {port_text[:20]}{'...' if len(port_text) > 20 else ''}: "
                              "ports go from 0 to 65535\n")
             return None
-        return int(digits or "0")
+        query = parts[4] if len(parts) == 5 else ""
+        if "%" in query or not query.isascii():
+            # As Tornado decodes a path argument, with its 400 for bytes that are not UTF-8.
+            query = self.decode_argument(tornado.escape.url_unescape(query, encoding=None, plus=False))
+        return service, int(digits or "0"), query
 
-    async def get(self, service: str, port_text: str, query: Optional[str] = None) -> None:
-        port = self._parse(service, port_text)
-        if port is None:
+    async def get(self) -> None:
+        parsed = self._parse_path()
+        if parsed is None:
             return
+        service, port, query = parsed
         state = self.state
         client_ip = self.request.remote_ip
-        state.activity.record_request(service, client_ip)
         try:
             target = choose_target(self.request.headers, port, state.own_ips)
         except BadRequest as err:
+            state.activity.record(service, client_ip)
             self.answer(400, f"{err}\n")
             return
-        if self.protocol != "spool":
+        is_spool = self.protocol == "spool"
+        if not is_spool:
             if target.port == 0:
+                state.activity.record(service, client_ip)
                 self.answer(400, "Invalid port 0: a check needs a port from 1 to 65535\n")
                 return
             networks = state.config.check_host_allowed_networks
@@ -238,67 +244,74 @@ class CheckHandler(BaseHandler):
                     and not address_in_networks(target.host, networks):
                 # Refused before any connection: the header must not reach arbitrary hosts.
                 log.warning("%s asked to check %s, outside check_host_allowed_networks", client_ip, target.host)
+                state.activity.record(service, client_ip)
                 self.answer(403, f"Host {target.host} is not in check_host_allowed_networks\n")
                 return
         found = None
         # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
-        if state.spool_on_http or self.protocol == "spool":
+        if state.spool_on_http or is_spool:
             found = state.spool.find_downtime(
                 service, port=target.port, host=None if target.host == LOCALHOST else target.host
             )
         if found is not None and not found[1].is_drain:
-            matched, downtime = found
-            state.activity.record_status(service, 503, client_ip)
-            self.answer(503, down_message(matched, downtime))
-            return
-        if self.protocol == "spool":
-            if found is not None:
-                state.activity.record_status(service, 404, client_ip)
-                self.answer(404, drain_message(*found))
-                return
-            state.activity.record_status(service, 200, client_ip)
-            self.answer(200)
-            return
-        result = await self._run_protocol_check(service, target, query or "")
-        if found is not None and 200 <= result.code < 400:
-            # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
-            # a graceful drain. A failing check still answers its failure, so HAProxy marks the
-            # server down instead of keeping persistent connections on a dead one.
-            state.activity.record_status(service, 404, client_ip)
-            self.answer(404, drain_message(*found))
-            return
-        state.activity.record_status(service, result.code, client_ip)
-        self.answer(http_status_for(result.code), result.message)
+            code, message = 503, down_message(*found)
+        elif is_spool:
+            code, message = (404, drain_message(*found)) if found is not None else (200, "")
+        else:
+            key, bypass = self._cache_key(service, target, query)
+            result = None if bypass else state.cache.fresh(key)  # a cache hit needs no coroutine
+            if result is None:
+                result = await self._run_protocol_check(key, bypass, service, target, query)
+            if found is not None and 200 <= result.code < 400:
+                # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
+                # a graceful drain. A failing check still answers its failure, so HAProxy marks the
+                # server down instead of keeping persistent connections on a dead one.
+                code, message = 404, drain_message(*found)
+            else:
+                code, message = result.code, result.message
+        # The check's own code is the service's last status; the answer is that code when HTTP knows it.
+        state.activity.record(service, client_ip, code)
+        self.answer(http_status_for(code), message)
 
     head = get
 
-    async def _run_protocol_check(self, service: str, target: Target, query: str):
+    def _cache_key(self, service: str, target: Target, query: str) -> Tuple[tuple, bool]:
+        """The check's cache key, and whether the request asks to bypass the cache (``Pragma: no-cache``)."""
+        key = (self.protocol, target.host, target.port, query, self.request.query)
+        if self.state.config.service_name_header:
+            key += (service,)
+        pragmas = self.request.headers.get_list("Pragma")
+        return key, bool(pragmas) and "no-cache" in ",".join(pragmas).lower()
+
+    async def _run_protocol_check(self, key: tuple, bypass: bool, service: str, target: Target, query: str):
         state = self.state
         config = state.config
         query_string = self.request.query
-        key = (self.protocol, target.host, target.port, query, query_string)
-        if config.service_name_header:
-            key += (service,)
         headers = self.request.headers
         check = REGISTRY[self.protocol]
-        pragma = headers.get("Pragma")
-        bypass = pragma is not None and "no-cache" in pragma.lower()
         time_check = state.metrics.time_check
 
         def run():
-            # Built only when the check runs: a cache hit needs no context.
+            # Built only when the check runs: a shared or cached result needs no context.
             context = CheckContext(service=service, config=config, resources=state.resources,
                                    query_string=query_string, headers=headers)
             return time_check(self.protocol, service, run_check(check, target, query, context))
 
-        return await state.cache.get_or_run(key, run, bypass=bypass)
+        # Counted while waiting: a stop lets these finish, and /status reports them.
+        state.requests_in_flight += 1
+        try:
+            return await state.cache.get_or_run(key, run, bypass=bypass)
+        finally:
+            state.requests_in_flight -= 1
 
-    def post(self, service: str, port_text: str, query: Optional[str] = None) -> None:
+    def post(self) -> None:
         if self.protocol != "spool":
+            self.service = self.request.path.split("/", 3)[2]  # for the request count
             raise tornado.web.HTTPError(405)
-        port = self._parse(service, port_text)
-        if port is None:
+        parsed = self._parse_path()
+        if parsed is None:
             return
+        service, port, _ = parsed
         state = self.state
         if not state.config.allow_remote_spool_changes:
             self.answer(403, "Remote spool changes are disabled (allow_remote_spool_changes is false)\n")
@@ -343,10 +356,7 @@ class CheckHandler(BaseHandler):
         # Counted before the answer leaves: a scrape sent after it (maybe to another worker) includes it.
         if not self._request_counted:
             self._request_counted = True
-            # Tornado sets path_args only once the method is accepted (not for a 405).
-            path_args = getattr(self, "path_args", None)
-            service = path_args[0] if path_args else ""
-            self.state.metrics.count_request(self.protocol, service, self.get_status())
+            self.state.metrics.count_request(self.protocol, self.service, self.get_status())
         return super().finish(chunk)
 
     def _optional_time(self, name: str) -> Optional[float]:
@@ -406,20 +416,24 @@ class RecentHandler(BaseHandler):
                     "threshold_seconds": threshold})
 
 
-def routes():
-    """The URL table: one check route per protocol, then the status endpoints."""
+def routes(state) -> list:
+    """The URL table: one check route per protocol, then the status endpoints.
+
+    A check route has no groups: ``CheckHandler`` takes the parts from the path itself.
+    """
+    given = {"state": state}
     table = []
     for protocol in REGISTRY:
         name = re.escape(protocol)
         if protocol in QUERY_REQUIRED:
-            pattern = rf"/{name}/({SERVICE_PATTERN})/([0-9]+)/(.*)"
+            pattern = rf"/{name}/{SERVICE_PATTERN}/[0-9]+/.*"
         else:
-            pattern = rf"/{name}/({SERVICE_PATTERN})/([0-9]+)(?:/(.*))?"
-        table.append((pattern, CheckHandler, {"protocol": protocol}))
+            pattern = rf"/{name}/{SERVICE_PATTERN}/[0-9]+(?:/.*)?"
+        table.append((pattern, CheckHandler, {"protocol": protocol, **given}))
     table += [
-        (r"/status", StatusHandler),
-        (r"/status/count", StatusCountHandler),
-        (r"/recent", RecentHandler),
-        (r"/metrics", MetricsHandler),
+        (r"/status", StatusHandler, given),
+        (r"/status/count", StatusCountHandler, given),
+        (r"/recent", RecentHandler, given),
+        (r"/metrics", MetricsHandler, given),
     ]
     return table

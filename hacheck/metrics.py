@@ -1,12 +1,13 @@
 """Prometheus metrics: what the daemon counts per request and what ``GET /metrics`` reports.
 
-The request path only increments labelled children looked up once and kept,
-so counting costs a dict lookup and an increment. Downtimes are read from the
-spool when scraped, not counted per request.
+In a single process the request path only adds to plain numbers (requests
+by label, and the cache's own counters), handed to prometheus_client when
+``/metrics`` is scraped: the scrape is their only reader. Downtimes are read
+from the spool when scraped, not counted per request.
 
 With ``-n`` the supervisor gives its workers a private ``PROMETHEUS_MULTIPROC_DIR``
-(``create_multiprocess_dir()``): every worker writes its values there and the
-worker that answers a scrape adds up all of them. prometheus_client decides at
+(``create_multiprocess_dir()``): every worker writes its values there as they
+happen and the worker that answers a scrape adds up all of them. prometheus_client decides at
 import time whether values live in memory or in that directory, so this module
 imports it only inside functions, after ``main`` has set or cleared the variable.
 """
@@ -18,7 +19,7 @@ import tempfile
 import time
 from typing import Awaitable, Dict, Iterable, Optional, Tuple, TypeVar
 
-from hacheck.cache import CacheObserver
+from hacheck.cache import CacheObserver, CheckCache
 from hacheck.spool import DOWNTIME_STATES, Spool, SpoolEntry, SpoolError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class DowntimeCollector:
 
 
 class CacheMetrics(CacheObserver):
-    """Turns the check cache's events into counter increments and the entries gauge."""
+    """The check cache's counters and entries gauge: told each event (``-n``), or caught up when scraped."""
 
     def __init__(self, hits, misses, coalesced, sets, expirations, entries):
         # Bound methods kept as attributes: a hit costs one call into the client.
@@ -137,6 +138,18 @@ class CacheMetrics(CacheObserver):
         self._sets = sets
         self._expirations = expirations
         self._entries = entries
+        self._counters = {"hits": hits, "misses": misses, "coalesced": coalesced, "sets": sets,
+                          "expirations": expirations}
+        self._reported: Dict[str, int] = {}
+
+    def catch_up(self, cache_counters: Dict[str, int], size: int) -> None:
+        """Add what the cache counted since the last call, and set the entries gauge to ``size``."""
+        for name, counter in self._counters.items():
+            added = cache_counters[name] - self._reported.get(name, 0)
+            if added:
+                counter.inc(added)
+            self._reported[name] = cache_counters[name]
+        self._entries.set(size)
 
     def stored(self, size: int) -> None:
         self._sets.inc()
@@ -201,21 +214,48 @@ class Metrics:
         # Labelled children are made once and kept: the request path only looks them up.
         self._outbound = {protocol: outbound.labels(protocol) for protocol in sorted(self.protocols)}
         self._request_children: Dict[tuple, object] = {}
+        # Single process: requests counted here and handed to the client at each scrape (see render).
+        self._request_counts: Optional[Dict[tuple, int]] = None if self.multiprocess_dir else {}
+        self._scraped_cache = None
         self._duration_children: Dict[tuple, object] = {}
         if not per_service:
             for protocol in sorted(self.protocols):
                 self._duration_children[(protocol,)] = self._durations.labels(protocol)
 
+    def observe(self, cache: CheckCache) -> None:
+        """Report ``cache``: told each event with ``-n`` (a scrape may come to any worker), else read at
+        each scrape from the cache's own counters (nothing more on the request path)."""
+        if self.multiprocess_dir:
+            cache.observer = self.cache
+        else:
+            self._scraped_cache = cache
+
     def count_request(self, protocol: str, service: str, code: int) -> None:
         """One answered check request."""
         key = (protocol, code, service) if self.per_service else (protocol, code)
+        counts = self._request_counts
+        if counts is not None and key in counts:
+            counts[key] += 1
+        elif protocol in self.protocols:
+            if counts is not None:
+                counts[key] = 1
+            else:
+                self._request_child(key).inc()
+
+    def _request_child(self, key: tuple):
         child = self._request_children.get(key)
         if child is None:
-            if protocol not in self.protocols:
-                return
-            labels = (protocol, str(code), service) if self.per_service else (protocol, str(code))
+            labels = (key[0], str(key[1])) + key[2:]
             child = self._request_children[key] = self._requests.labels(*labels)
-        child.inc()
+        return child
+
+    def _catch_up(self) -> None:
+        """Single process: hand what the request path added up to prometheus_client."""
+        counts, self._request_counts = self._request_counts, {}
+        for key, count in counts.items():
+            self._request_child(key).inc(count)
+        if self._scraped_cache is not None:
+            self.cache.catch_up(self._scraped_cache.counters, len(self._scraped_cache))
 
     async def time_check(self, protocol: str, service: str, check: Awaitable[T]) -> T:
         """Await ``check`` (a real check, run by the cache) counting it in flight and timing it."""
@@ -238,4 +278,6 @@ class Metrics:
         """The scrape: body in Prometheus text format and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if self._request_counts is not None:
+            self._catch_up()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

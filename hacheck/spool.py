@@ -210,9 +210,6 @@ class _Listing:
             return None
         return cls(cls.identity_of(status), names, time.monotonic() + LISTING_MAX_AGE_SECONDS)
 
-    def still_valid(self, status: os.stat_result, now: float) -> bool:
-        return now < self.expires_at and self.identity == self.identity_of(status)
-
 
 @functools.lru_cache(maxsize=4096)
 def _candidates(service: str, port: Optional[int], host: Optional[str]) -> Tuple[Tuple[str, str], ...]:
@@ -340,7 +337,8 @@ class Spool:
         except OSError:
             return None  # fall back to trying each file, which reports why it is unreadable
         listing = self._listing
-        if listing is not None and listing.still_valid(status, time.monotonic()):
+        if listing is not None and time.monotonic() < listing.expires_at \
+                and listing.identity == _Listing.identity_of(status):
             return listing.names
         try:
             names = frozenset(os.listdir(self.root))

@@ -13,38 +13,35 @@ class Clock:
 
 def test_counts_per_service_and_client():
     activity = Activity()
-    activity.record_request("web", "10.0.0.1")
-    activity.record_request("web", "10.0.0.1")
-    activity.record_request("web", "10.0.0.2")
-    activity.record_request("db", "10.0.0.1")
+    activity.record("web", "10.0.0.1")
+    activity.record("web", "10.0.0.1")
+    activity.record("web", "10.0.0.2")
+    activity.record("db", "10.0.0.1")
     assert activity.access_counts() == {"web": {"10.0.0.1": 2, "10.0.0.2": 1}, "db": {"10.0.0.1": 1}}
 
 
 def test_recent_is_sorted_and_bounded_by_threshold():
     clock = Clock()
     activity = Activity(clock=clock)
-    activity.record_request("zeta", "a")
-    activity.record_status("zeta", 200, "a")
+    activity.record("zeta", "a", 200)
     clock.now += 100
-    activity.record_request("alpha", "b")
+    activity.record("alpha", "b")
     assert activity.recent(600) == [("alpha", None), ("zeta", {"code": 200, "remote_ip": "a", "ts": 1000.0})]
     assert activity.recent(50) == [("alpha", None)]
 
 
 def test_last_status_keeps_the_checks_own_code():
     activity = Activity()
-    activity.record_request("web", "a")
-    activity.record_status("web", 599, "a")
+    activity.record("web", "a", 599)
     assert activity.last_status("web")["code"] == 599
 
 
 def test_memory_is_bounded():
     activity = Activity(max_services=3, max_clients_per_service=2)
     for n in range(10):
-        activity.record_request(f"service{n}", "a")
-        activity.record_status(f"service{n}", 200, "a")
+        activity.record(f"service{n}", "a", 200)
     assert [name for name, _ in activity.recent(600)] == ["service7", "service8", "service9"]
     assert set(activity.access_counts()) == {"service7", "service8", "service9"}
     for client in ("c1", "c2", "c3", "c4"):
-        activity.record_request("service9", client)
+        activity.record("service9", client)
     assert len(activity.access_counts()["service9"]) == 2
