@@ -17,20 +17,16 @@ TIMEOUT = 1.0
 # Time on top of healthcheck_timeout for a 503 to reach the client on a busy shared machine.
 ANSWER_SLACK = 1.5
 SPOOL_BOUND = 0.050
-# This share of the samples must be under SPOOL_BOUND, and every one under
-# SPOOL_BOUND + SCHEDULER_MARGIN. On the shared 2-core machine these tests were
-# written on, single samples of 100-300 ms showed up now and then (a process not
-# scheduled, or a garbage collection in the daemon) while the rest stayed at 1-10 ms.
-# A blocked event loop (a blocking call, a busy loop over many connections)
-# shows as many slow samples or one far above the margin, and fails either way.
-WITHIN_BOUND_SHARE = 0.95
-SCHEDULER_MARGIN = 0.450
+# Every sample must be under SPOOL_BOUND. (Single samples of 60-110 ms used to show up
+# with a thousand checks in flight: full garbage collections over everything alive,
+# measured with gc.callbacks. The daemon now freezes what it made at start-up and
+# runs full passes less often; see hacheck/main.py.)
 
 # The thousand hung checks arrive over about two seconds (25 every 50 ms), the way
 # HAProxy spreads its checks, and each hangs for 3 s: so all 1000 are in flight
 # together for a while. Arriving all in the same millisecond, the daemon's
-# event loop spends a few hundred ms just accepting and parsing them, and
-# nothing else (the spool check included) can be answered meanwhile.
+# event loop spends 60-90 ms just accepting and parsing them (measured here),
+# and nothing else (the spool check included) can be answered meanwhile.
 THOUSAND_TIMEOUT = 3.0
 BATCH, PAUSE = 25, 0.05
 
@@ -46,11 +42,9 @@ EXPECTED_MESSAGE = {
 def assert_spool_stayed_fast(samples) -> None:
     assert len(samples) >= 5, f"too few latency samples during the misbehaviour: {samples}"
     assert all(status == 200 for _, status, _ in samples), samples
-    seconds = sorted(seconds for seconds, _, _ in samples)
+    slowest = max(seconds for seconds, _, _ in samples)
     shown = f"samples in ms: {[round(s * 1000, 1) for s, _, _ in samples]}"
-    within = sum(1 for s in seconds if s < SPOOL_BOUND) / len(seconds)
-    assert within >= WITHIN_BOUND_SHARE, f"only {within:.0%} of spool checks under 50 ms; {shown}"
-    assert seconds[-1] < SPOOL_BOUND + SCHEDULER_MARGIN, f"slowest spool check {seconds[-1] * 1000:.1f} ms; {shown}"
+    assert slowest < SPOOL_BOUND, f"slowest spool check {slowest * 1000:.1f} ms; {shown}"
 
 
 def run_misbehaving_checks(daemon, upstreams: MisbehavingUpstreams, kind: str, count: int,
