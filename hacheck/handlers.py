@@ -142,11 +142,8 @@ def choose_target(headers: tornado.httputil.HTTPHeaders, url_port: int, own_ips:
     return Target(host, port)
 
 
-def http_status_for(code: int) -> int:
-    """The status to answer with: the check's code when HTTP knows it, else 503."""
-    if 200 <= code <= 599 and code in http.client.responses:
-        return code
-    return 503
+# The check codes answered as they are (HTTP knows them); any other code is answered 503.
+_ANSWERED_AS_IS = frozenset(code for code in http.client.responses if 200 <= code <= 599)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -271,7 +268,7 @@ class CheckHandler(BaseHandler):
                 code, message = result.code, result.message
         # The check's own code is the service's last status; the answer is that code when HTTP knows it.
         state.activity.record(service, client_ip, code)
-        self.answer(http_status_for(code), message)
+        self.answer(code if code in _ANSWERED_AS_IS else 503, message)
 
     head = get
 
