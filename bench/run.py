@@ -259,6 +259,21 @@ def measure_coalescing(hacheck_port: int, upstream_port: int, count: int) -> dic
             "non_200_answers": non_200, "errors": non_200}
 
 
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """Read one HTTP/1.1 answer (with a Content-Length) off ``reader``; returns its status line."""
+    status_line = await reader.readline()
+    length = 0
+    while True:
+        header = await reader.readline()
+        if header in (b"\r\n", b""):
+            break
+        name, _, value = header.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status_line
+
+
 async def request_distinct_keys(port: int, path_prefix: str, keys: int, connections: int = 32) -> int:
     """GET ``path_prefix + n`` for n in range(keys) over keep-alive connections; returns failures."""
     next_key = iter(range(keys))
@@ -269,16 +284,7 @@ async def request_distinct_keys(port: int, path_prefix: str, keys: int, connecti
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for key in next_key:
             writer.write(f"GET {path_prefix}{key} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-            status_line = await reader.readline()
-            length = 0
-            while True:
-                header = await reader.readline()
-                if header in (b"\r\n", b""):
-                    break
-                name, _, value = header.decode("latin-1").partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            status_line = await read_answer(reader)
             if not status_line.startswith(b"HTTP/1.1 200"):
                 failures += 1
         writer.close()
