@@ -343,19 +343,23 @@ def run(args) -> dict:
         }
         results = {"ceiling": {}, "scenarios": {}}
         # The machine may be shared and its speed drifts over seconds: each
-        # scenario is measured right after a measurement of the ceiling, and its
-        # ratio is taken to that one; the figures reported are the medians over
-        # the rounds (the ceiling's over all of its measurements).
+        # scenario is measured next to a measurement of the ceiling (before it
+        # in even rounds, after it in odd ones, so that a steady drift favours
+        # neither), and its ratio is taken to that one; the figures reported
+        # are the medians over the rounds (the ceiling's over all of its measurements).
         rounds = {"ceiling": {}, "scenarios": {}}
         for mode, close in (("keep-alive", False), ("close", True)):
-            for _ in range(args.rounds):
+            for round_number in range(args.rounds):
                 for name, (server, port, path) in scenarios.items():
-                    ceiling = run_wrk(f"http://127.0.0.1:{bare_port}/", args.duration, args.connections,
-                                      close=close, server_pid=bare.pid)
-                    rounds["ceiling"].setdefault(mode, []).append(ceiling)
                     urllib.request.urlopen(f"http://127.0.0.1:{port}{path}").read()  # warm the cache
-                    figures = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections,
-                                      close=close, server_pid=server.pid)
+                    order = [("ceiling", f"http://127.0.0.1:{bare_port}/", bare.pid),
+                             ("scenario", f"http://127.0.0.1:{port}{path}", server.pid)]
+                    if round_number % 2 == 1:
+                        order.reverse()
+                    measured = {role: run_wrk(url, args.duration, args.connections, close=close, server_pid=pid)
+                                for role, url, pid in order}
+                    ceiling, figures = measured["ceiling"], measured["scenario"]
+                    rounds["ceiling"].setdefault(mode, []).append(ceiling)
                     figures["ratio"] = figures["rps"] / ceiling["rps"]
                     figures["cpu_ratio"] = ceiling["cpu_us_per_request"] / max(0.1, figures["cpu_us_per_request"])
                     rounds["scenarios"].setdefault(name, {}).setdefault(mode, []).append(figures)
