@@ -142,18 +142,17 @@ class CheckCache:
         ``bypass`` (``Pragma: no-cache``) skips the cached value and the shared
         check and runs a new one, whose result is then stored for others.
         """
-        now = self._clock()
-        if now >= self._next_expiry:
-            self._evict_expired(now)
         counters = self.counters
+        if bypass:
+            now = self._clock()
+            if now >= self._next_expiry:
+                self._evict_expired(now)
+        else:
+            value = self.fresh(key)
+            if value is not None:
+                return value
         counters["gets"] += 1
         if not bypass:
-            entry = self._entries.get(key)
-            if entry is not None:
-                counters["hits"] += 1
-                if self.observer is not None:
-                    self.observer.hit()
-                return entry[1]
             pending = self._in_flight.get(key)
             if pending is not None:
                 counters["coalesced"] += 1

@@ -161,10 +161,7 @@ class BaseHandler(tornado.web.RequestHandler):
             self.finish()
             return
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
-        if message:
-            self.finish(message)
-        else:
-            self.finish()
+        self.finish(message or None)  # no body, no write
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
@@ -189,7 +186,7 @@ class CheckHandler(BaseHandler):
     """
 
     def initialize(self, state, protocol: str) -> None:
-        self.state = state
+        super().initialize(state)
         self.protocol = protocol
         self.service = ""
         self._request_counted = False

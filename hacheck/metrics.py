@@ -135,8 +135,6 @@ class CacheMetrics(CacheObserver):
         self.hit = hits.inc
         self.miss = misses.inc
         self.coalesced = coalesced.inc
-        self._sets = sets
-        self._expirations = expirations
         self._entries = entries
         self._counters = {"hits": hits, "misses": misses, "coalesced": coalesced, "sets": sets,
                           "expirations": expirations}
@@ -152,11 +150,11 @@ class CacheMetrics(CacheObserver):
         self._entries.set(size)
 
     def stored(self, size: int) -> None:
-        self._sets.inc()
+        self._counters["sets"].inc()
         self._entries.set(size)
 
     def expired(self, count: int, size: int) -> None:
-        self._expirations.inc(count)
+        self._counters["expirations"].inc(count)
         self._entries.set(size)
 
 
@@ -234,15 +232,20 @@ class Metrics:
         """One answered check request."""
         key = (protocol, code, service) if self.per_service else (protocol, code)
         counts = self._request_counts
-        if counts is not None and key in counts:
+        if counts is None:  # -n: written at once
+            child = self._request_children.get(key)
+            if child is None:
+                if protocol not in self.protocols:
+                    return
+                child = self._request_child(key)
+            child.inc()
+        elif key in counts:
             counts[key] += 1
         elif protocol in self.protocols:
-            if counts is not None:
-                counts[key] = 1
-            else:
-                self._request_child(key).inc()
+            counts[key] = 1
 
     def _request_child(self, key: tuple):
+        """The labelled child of ``hacheck_requests`` for a key of ``count_request``, made once."""
         child = self._request_children.get(key)
         if child is None:
             labels = (key[0], str(key[1])) + key[2:]
