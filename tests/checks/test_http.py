@@ -29,6 +29,24 @@ async def test_upstream_code_and_body_are_the_answer(code):
     assert result.message == ("" if code == 204 else f"status {code}")
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest.mark.gen_test
+async def test_upstream_is_reached_by_address_or_by_name(host):
+    # An address is used as it is; a name is looked up (in a thread) first.
+    async with http_upstream() as upstream:
+        with checking() as context:
+            result = await http.check(Target(host, upstream.port), "status/200", context)
+    assert (result.code, result.message) == (200, "status 200")
+
+
+@pytest.mark.gen_test
+async def test_name_that_does_not_resolve_is_503_saying_so():
+    with checking() as context:
+        result = await run_check(http.check, Target("no-such-host.invalid", 80), "health", context)
+    assert result.code == 503
+    assert result.message.startswith("Cannot resolve host no-such-host.invalid"), result.message
+
+
 @pytest.mark.gen_test
 async def test_redirect_is_the_answer_not_followed():
     async with http_upstream() as upstream:
