@@ -125,13 +125,16 @@ class Processes:
         wait_until_answering(port)
         return process
 
-    def hacheck(self, name: str, cache_time: float, workers: int = 1):
-        """Start hacheck; returns (process, port, seconds from exec to first answer)."""
+    def hacheck(self, name: str, cache_time: float, workers: int = 1, settings: str = "max_clients: 100\n"):
+        """Start hacheck; returns (process, port, seconds from exec to first answer).
+
+        ``settings`` is the configuration file's text besides ``cache_time``.
+        """
         port = free_port()
         spool = os.path.join(self.workdir, f"spool-{name}")
         config = os.path.join(self.workdir, f"{name}.yaml")
         with open(config, "w") as config_file:
-            config_file.write(f"cache_time: {cache_time}\nmax_clients: 100\n")
+            config_file.write(f"cache_time: {cache_time}\n{settings}")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         argv = [sys.executable, str(REPO_ROOT / "bin" / "hacheck"), "-p", str(port),
@@ -151,6 +154,26 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def cpu_plan(pin: bool) -> Optional[dict]:
+    """Which CPU the servers and which the load generator run on, or None (not pinned).
+
+    On a small machine the scheduler now and then puts wrk and the server on
+    the same CPU; pinning each to its own steadies the ratios and treats the
+    ceiling and hacheck alike.
+    """
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {"server": cpus[-1], "load": cpus[0], "all": set(cpus)}
+
+
+def pin(pids, cpus) -> None:
+    for pid in pids:
+        os.sched_setaffinity(pid, cpus)
 
 
 def rss_mb(pid: int) -> float:
@@ -179,17 +202,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_wrk(url: str, duration: float, connections: int, threads: int = 1, close: bool = False,
-            server_pid: Optional[int] = None) -> dict:
+            server_pid: Optional[int] = None, cpu: Optional[int] = None) -> dict:
     """Load ``url`` with wrk; requests/s, p50 and p99 in ms, and errors (socket errors + non-2xx/3xx).
 
     With ``server_pid``, also the server's CPU time per request, which other
     load on a shared machine disturbs far less than requests per second.
+    With ``cpu``, wrk runs on that CPU only.
     """
     cpu_before = cpu_seconds(server_pid) if server_pid else None
     argv = ["wrk", "--latency", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s"]
     if close:
         argv += ["-H", "Connection: close"]
-    output = subprocess.run(argv + [url], capture_output=True, text=True, check=True).stdout
+    on_cpu = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+    output = subprocess.run(argv + [url], capture_output=True, text=True, check=True, preexec_fn=on_cpu).stdout
     figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
     for percent in ("50", "99"):
         match = re.search(rf"^\s+{percent}%\s+(\S+)", output, re.M)
@@ -342,6 +367,10 @@ def run(args) -> dict:
             "uncached http check": (uncached, uncached_port, f"/http/bench/{upstream_port}/health"),
         }
         results = {"ceiling": {}, "scenarios": {}}
+        cpus = cpu_plan(args.pin)
+        servers = {bare.pid, cached.pid, uncached.pid}
+        if cpus:
+            pin(servers, {cpus["server"]})
         # The machine may be shared and its speed drifts over seconds: each
         # scenario is measured next to a measurement of the ceiling (before it
         # in even rounds, after it in odd ones, so that a steady drift favours
@@ -356,7 +385,8 @@ def run(args) -> dict:
                              ("scenario", f"http://127.0.0.1:{port}{path}", server.pid)]
                     if round_number % 2 == 1:
                         order.reverse()
-                    measured = {role: run_wrk(url, args.duration, args.connections, close=close, server_pid=pid)
+                    measured = {role: run_wrk(url, args.duration, args.connections, close=close, server_pid=pid,
+                                              cpu=cpus and cpus["load"])
                                 for role, url, pid in order}
                     ceiling, figures = measured["ceiling"], measured["scenario"]
                     rounds["ceiling"].setdefault(mode, []).append(ceiling)
@@ -366,6 +396,8 @@ def run(args) -> dict:
             results["ceiling"][mode] = median_figures(rounds["ceiling"][mode])
             for name in scenarios:
                 results["scenarios"].setdefault(name, {})[mode] = median_figures(rounds["scenarios"][name][mode])
+        if cpus:
+            pin(servers, cpus["all"])  # the rest (two workers above all) may use every CPU
         _, two_workers_port, _ = processes.hacheck("two-workers", cache_time=3600, workers=2)
         scaling_rounds = {"n1": [], "n2": []}
         path = f"/http/bench/{upstream_port}/health"
@@ -384,6 +416,7 @@ def run(args) -> dict:
         processes.stop_all()
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                           "duration_s": args.duration, "connections": args.connections, "rounds": args.rounds,
+                          "pinned": bool(cpu_plan(args.pin)),
                           "load_average": [round(load, 2) for load in os.getloadavg()]}
     results["targets"] = verdicts(results)
     return results
@@ -451,6 +484,8 @@ def main() -> int:
     parser.add_argument("--memory-cache-time", type=float, default=60,
                         help="cache_time of the memory test; must outlast loading the keys (default 60)")
     parser.add_argument("--coalesce", type=int, default=1000, help="concurrent identical cold checks")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let the scheduler place servers and wrk (default: a CPU each for the ratio loads)")
     parser.add_argument("--tiny", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--json", default=str(REPO_ROOT / "bench" / "results.json"),
                         help="where to write the figures as JSON (default bench/results.json)")

@@ -53,6 +53,7 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     assert memory["rss_start_mb"] > 0
 
     assert figures["startup_seconds"] > 0
+    assert isinstance(figures["machine"]["pinned"], bool)
     assert set(figures["targets"]) == {
         "cached http ratio >= 0.85 (both modes)", "spool ratio >= 0.85 (both modes)",
         "-n 2 over -n 1 >= 1.5", "1 upstream request for the concurrent cold checks",
