@@ -1,7 +1,8 @@
-"""The benchmark script runs on a tiny load and reports every figure the performance issue asks for.
+"""The benchmark scripts run on a tiny load and report every figure they promise.
 
 This does not judge the figures (the suite does not time things): it checks that
-``bench/run.py --tiny`` finishes, prints its table and writes complete JSON.
+``bench/run.py --tiny`` and a small ``bench/burst.py`` finish, print their tables
+and write complete JSON.
 """
 
 import json
@@ -60,3 +61,23 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
         "RSS after expiry <= start + 20 MB", "no failed requests",
     }
     assert set(figures["targets"].values()) <= {"met", "MISSED"}
+
+
+def test_tiny_burst_benchmark_reports_the_probe_for_both_servers(tmp_path):
+    output_path = tmp_path / "burst.json"
+    finished = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "burst.py"), "--checks", "20", "--rounds", "1",
+         "--timeout", "0.5", "--json", str(output_path)],
+        capture_output=True, text=True, timeout=120, env=tool_env(), cwd=str(tmp_path),
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "hacheck / ceiling:" in finished.stdout
+    figures = json.loads(output_path.read_text())
+    assert set(figures["rounds"]) == {"bare Tornado + client", "hacheck"}
+    for name, (measured,) in figures["rounds"].items():
+        # The upstream never answers: every check is a 503 at the timeout, and the probe kept answering.
+        assert (measured["answers_503"], measured["other_answers"]) == (20, 0), (name, measured)
+        assert measured["last_answer_s"] >= 0.5, (name, measured)
+        assert measured["samples"] > 0 and measured["probe_not_200"] == 0, (name, measured)
+        assert measured["slowest_ms"] > 0
+    assert figures["hacheck_over_ceiling"] > 0
