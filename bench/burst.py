@@ -66,8 +66,9 @@ def serve_fetching(port: int, timeout: float, max_clients: int) -> None:
 
         async def get(self, upstream_port: str, query: str) -> None:
             try:
-                response = await self.client.fetch(f"http://127.0.0.1:{upstream_port}/{query}", connect_timeout=timeout,
-                                              request_timeout=timeout, raise_error=False)
+                response = await self.client.fetch(f"http://127.0.0.1:{upstream_port}/{query}",
+                                                   connect_timeout=timeout, request_timeout=timeout,
+                                                   raise_error=False)
                 self.set_status(response.code)
             except (tornado.httpclient.HTTPClientError, OSError):
                 self.set_status(503)

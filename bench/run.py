@@ -353,6 +353,7 @@ def run(args) -> dict:
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is not installed (apt-get install wrk)")
     processes = Processes()
+    cpus = cpu_plan(args.pin)
     try:
         bare_port, upstream_port = free_port(), free_port()
         bare = processes.helper("bare", bare_port)
@@ -367,7 +368,6 @@ def run(args) -> dict:
             "uncached http check": (uncached, uncached_port, f"/http/bench/{upstream_port}/health"),
         }
         results = {"ceiling": {}, "scenarios": {}}
-        cpus = cpu_plan(args.pin)
         servers = {bare.pid, cached.pid, uncached.pid}
         if cpus:
             pin(servers, {cpus["server"]})
@@ -416,7 +416,7 @@ def run(args) -> dict:
         processes.stop_all()
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                           "duration_s": args.duration, "connections": args.connections, "rounds": args.rounds,
-                          "pinned": bool(cpu_plan(args.pin)),
+                          "pinned": cpus is not None,
                           "load_average": [round(load, 2) for load in os.getloadavg()]}
     results["targets"] = verdicts(results)
     return results
