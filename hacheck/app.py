@@ -89,7 +89,6 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
     if state.tornado_stats is not None:
         table.append(state.tornado_stats.route())
         log_function = state.tornado_stats.counting_requests(log_function)
-        state.tornado_stats.start()
     return tornado.web.Application(table, hacheck_state=state, default_handler_class=NotFoundHandler,
                                    default_handler_args={"state": state},
                                    log_function=log_function or _no_access_log)
@@ -99,8 +98,9 @@ def _access_log(handler: tornado.web.RequestHandler) -> None:
     """One INFO line per request: a 4xx or 5xx answer is not the daemon's error (Tornado logs those
     at WARNING and ERROR, which would put bad input and down services among real errors)."""
     access = logging.getLogger("tornado.access")
-    access.info("%d %s %.2fms", handler.get_status(), handler._request_summary(),
-                1000.0 * handler.request.request_time())
+    request = handler.request
+    access.info("%d %s %s (%s) %.2fms", handler.get_status(), request.method, request.uri, request.remote_ip,
+                1000.0 * request.request_time())
 
 
 def _no_access_log(handler: tornado.web.RequestHandler) -> None:

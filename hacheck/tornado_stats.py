@@ -20,6 +20,8 @@ import logging
 import time
 from typing import Any, Callable, Dict, Optional
 
+from hacheck import tornado_private
+
 log = logging.getLogger(__name__)
 
 # Client addresses whose kind (loopback, private) is remembered; HAProxy hosts are few.
@@ -80,7 +82,7 @@ class TornadoStats:
         self._address_kinds: Dict[str, tuple] = {}
         self.monitor = Monitor(_NoExternalInterface())
         self._io_loop = self.monitor.io_loop
-        self._originals = None
+        self._undo: Optional[Callable[[], None]] = None
 
     def route(self) -> tuple:
         """``/mutornadomon``, served by mutornadomon's own handler to loopback clients only."""
@@ -95,31 +97,33 @@ class TornadoStats:
         io_loop = self._io_loop
         tallies = self.tallies
         clock = time.perf_counter
-        original_run_callback, original_add_handler = self._originals = (io_loop._run_callback,
-                                                                          io_loop.add_handler)
+        original_add_handler = io_loop.add_handler
 
-        def run_timed_callback(callback):
-            started = clock()
-            result = original_run_callback(callback)
-            tallies.callback_seconds += clock() - started
+        def count_callback(seconds: float) -> None:
+            tallies.callback_seconds += seconds
             tallies.callbacks += 1
-            return result
 
         def add_timed_handler(fd, handler, events):
             def timed_handler(fd, events):
                 started = clock()
                 handler(fd, events)
-                tallies.callback_seconds += clock() - started
-                tallies.callbacks += 1
+                count_callback(clock() - started)
             original_add_handler(fd, timed_handler, events)
 
-        io_loop._run_callback = run_timed_callback
+        # The loop's callbacks go through a private Tornado name: without it, only handlers are timed.
+        undo_callback_timing = tornado_private.time_loop_callbacks(io_loop, count_callback, clock)
         io_loop.add_handler = add_timed_handler
 
+        def undo() -> None:
+            if undo_callback_timing is not None:
+                undo_callback_timing()
+            io_loop.add_handler = original_add_handler
+        self._undo = undo
+
     def stop(self) -> None:
-        if self._originals is not None:
-            self._io_loop._run_callback, self._io_loop.add_handler = self._originals
-            self._originals = None
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
         self.monitor.stop()
 
     def counting_requests(self, log_function: Optional[Callable]) -> Callable:
@@ -157,14 +161,23 @@ class _NoExternalInterface:
 
 
 def tornado_stats_if_available() -> Optional[TornadoStats]:
-    """A ``TornadoStats`` when mutornadomon imports and starts; its absence is not an error."""
+    """A started ``TornadoStats`` when mutornadomon imports and starts; its absence is not an error,
+    and neither is its failing to start (one log line, and ``/mutornadomon`` is not served)."""
     try:
         import mutornadomon  # noqa: F401
     except Exception as err:  # ImportError, or a broken install of an optional extra (it imports mock)
         log.debug("mutornadomon not available: %s", err)
         return None
+    stats = None
     try:
-        return TornadoStats()
-    except Exception:
-        log.exception("mutornadomon could not start; /mutornadomon is not served")
+        stats = TornadoStats()
+        stats.start()
+        return stats
+    except Exception as err:
+        log.warning("mutornadomon could not start (%s: %s); /mutornadomon is not served", type(err).__name__, err)
+        if stats is not None:
+            try:
+                stats.stop()
+            except Exception:  # already half-stopped: nothing more to undo
+                pass
         return None
