@@ -10,9 +10,12 @@ downtime has a reason. The answer comes from the same spool as the HTTP checks.
 import asyncio
 import logging
 import re
-from typing import List, Optional, Tuple
+import socket
+from typing import Callable, List, Optional, Tuple
 
-from hacheck.spool import ALL, Spool, SpoolError
+from hacheck.server import add_pausing_accept_handler
+from hacheck.spool import ALL, Spool, SpoolError, shown_reason
+from hacheck.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,8 @@ log = logging.getLogger(__name__)
 DEFAULT_READ_TIMEOUT = 1.0
 WRITE_TIMEOUT = 5.0
 MAX_LINE_BYTES = 1024
-# HAProxy keeps a short description (it truncates anyway); keep the answer one small line.
+# HAProxy keeps a short description (it truncates anyway); keep the answer one small line
+# (configuration: max_reason_chars).
 MAX_REASON_CHARS = 200
 
 _REQUEST = re.compile(r"(?P<service>[.a-zA-Z0-9_-]+)(?:[:/](?P<port>[0-9]{1,5}))?")
@@ -55,22 +59,20 @@ def parse_request(line: str) -> Tuple[Optional[str], Optional[int]]:
     return service, port
 
 
-def describe(reason: str) -> str:
-    """A reason made safe for the one-line answer: no control characters, bounded length."""
-    text = _CONTROL.sub(" ", reason).strip()
-    if len(text) > MAX_REASON_CHARS:
-        text = text[:MAX_REASON_CHARS - 3] + "..."
-    return text
+def describe(reason: str, limit: int = MAX_REASON_CHARS) -> str:
+    """A reason made safe for the one-line answer: no control characters, at most ``limit`` characters."""
+    return shown_reason(_CONTROL.sub(" ", reason).strip(), limit)
 
 
-def answer_for(spool: Spool, service: Optional[str], port: Optional[int]) -> str:
+def answer_for(spool: Spool, service: Optional[str], port: Optional[int],
+               reason_limit: int = MAX_REASON_CHARS) -> str:
     """The answer line (without newline) for a service; no service means only ``all`` applies."""
     found = spool.find_downtime(service, port) if service is not None else _find_all(spool)
     if found is None:
         return ANSWER_UP
     _, downtime = found
     word = ANSWER_DRAIN if downtime.is_drain else ANSWER_DOWN
-    reason = describe(downtime.reason)
+    reason = describe(downtime.reason, reason_limit)
     return f"{word} #{reason}" if reason else word
 
 
@@ -80,27 +82,53 @@ def _find_all(spool: Spool):
 
 
 class AgentServer:
-    """Serves the agent protocol on already bound listening sockets (one per worker, like HTTP)."""
+    """Serves the agent protocol on already bound listening sockets (one per worker, like HTTP).
 
-    def __init__(self, spool: Spool, read_timeout: float = DEFAULT_READ_TIMEOUT):
+    Connections are accepted by the HTTP port's accept loop: out of file
+    descriptors, it pauses and logs one line per interval through ``warnings``
+    (asyncio's own loop logs a traceback for every failed accept).
+    """
+
+    def __init__(self, spool: Spool, read_timeout: float = DEFAULT_READ_TIMEOUT,
+                 warnings: Optional[ThrottledLog] = None, max_reason_chars: int = MAX_REASON_CHARS):
         self.spool = spool
         self.read_timeout = read_timeout
-        self._servers: List[asyncio.AbstractServer] = []
+        self.warnings = warnings if warnings is not None else ThrottledLog(log)
+        self.max_reason_chars = max_reason_chars
+        self._listeners: List[Tuple[socket.socket, Callable[[], None]]] = []
         self._connections = set()
 
     async def start(self, sockets) -> None:
         for sock in sockets:
-            self._servers.append(await asyncio.start_server(self._serve_connection, sock=sock))
+            self._listeners.append((sock, add_pausing_accept_handler(sock, self._accepted, self.warnings)))
+
+    def _accepted(self, connection: socket.socket, address) -> None:
+        task = asyncio.ensure_future(self._serve_socket(connection))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve_socket(self, connection: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=connection)
+        except OSError as err:
+            log.debug("agent connection lost at once: %s", err)
+            connection.close()
+            return
+        await self._serve_connection(reader, writer)
 
     def stop(self) -> None:
         """Stop accepting; connections in flight finish on their own (they are short)."""
-        for server in self._servers:
-            server.close()
-        self._servers = []
+        for sock, stop_accepting in self._listeners:
+            stop_accepting()
+            sock.close()
+        self._listeners = []
 
     async def wait_closed(self, timeout: float = 2.0) -> None:
+        """Wait up to ``timeout`` for the connections in flight, then end those left."""
         if self._connections:
             await asyncio.wait(list(self._connections), timeout=timeout)
+        for task in list(self._connections):
+            task.cancel()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -132,7 +160,7 @@ class AgentServer:
             log.debug("agent request from %s refused: %s", peer, err)
             return f"#hacheck: {describe(str(err))}"
         try:
-            answer = answer_for(self.spool, service, port)
+            answer = answer_for(self.spool, service, port, self.max_reason_chars)
         except SpoolError as err:
             log.error("agent: %s", err)
             return f"#hacheck: {describe(str(err))}"

@@ -38,6 +38,19 @@ class Config:
     # None keeps the original behaviour; a tuple of networks restricts (README: "Security and bad input").
     remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = None
     check_host_allowed_networks: Optional[Tuple[Network, ...]] = None
+    # Bounds of one client connection (README: "Security and bad input"): times in seconds, sizes in bytes.
+    request_header_timeout: float = 10.0
+    request_body_timeout: float = 10.0
+    idle_connection_timeout: float = 60.0
+    max_request_line_bytes: int = 8 * 1024
+    max_request_header_bytes: int = 16 * 1024
+    max_request_body_bytes: int = 64 * 1024
+    # How long a refused client may go on sending (read and dropped) so that it reads its answer.
+    refused_request_linger: float = 1.0
+    # A downtime's reason is cut to this many characters in answers to clients (the tools show it whole).
+    max_reason_chars: int = 200
+    # One kind of repeated warning (bad requests, EMFILE) reaches the log at most once per this many seconds.
+    log_repeat_interval: float = 10.0
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
@@ -194,4 +207,13 @@ _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "metrics_per_service": _boolean,
     "remote_spool_allowed_networks": _networks,
     "check_host_allowed_networks": _networks,
+    "request_header_timeout": _number(0, allow_equal=False),
+    "request_body_timeout": _number(0, allow_equal=False),
+    "idle_connection_timeout": _number(0, allow_equal=False),
+    "max_request_line_bytes": _positive_int,
+    "max_request_header_bytes": _positive_int,
+    "max_request_body_bytes": _positive_int,
+    "refused_request_linger": _number(0, allow_equal=True),
+    "max_reason_chars": _positive_int,
+    "log_repeat_interval": _number(0, allow_equal=True),
 }

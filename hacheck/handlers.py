@@ -18,7 +18,7 @@ import tornado.httputil
 import tornado.web
 
 from hacheck.checks import QUERY_REQUIRED, REGISTRY, CheckContext, Target, run_check
-from hacheck.spool import LOCALHOST, STATE_DOWN, STATE_DRAIN, Downtime, SpoolError, spool_filename
+from hacheck.spool import LOCALHOST, STATE_DOWN, STATE_DRAIN, Downtime, SpoolError, shown_reason, spool_filename
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +44,24 @@ class BadRequest(Exception):
     """The request cannot be served as asked; answered with 400 and the message."""
 
 
-def down_message(matched: str, downtime: Downtime) -> str:
-    """The body of a 503 for a downtime, as the original daemon wrote it."""
-    return _downtime_message(matched, downtime, "down")
+def down_message(matched: str, downtime: Downtime, reason_limit: int) -> str:
+    """The body of a 503 for a downtime, as the original daemon wrote it (the reason cut to ``reason_limit``)."""
+    return _downtime_message(matched, downtime, "down", reason_limit)
 
 
-def drain_message(matched: str, downtime: Downtime) -> str:
+def drain_message(matched: str, downtime: Downtime, reason_limit: int) -> str:
     """The body of a 404 for a draining downtime: the down message, saying drain."""
-    return _downtime_message(matched, downtime, "drain")
+    return _downtime_message(matched, downtime, "drain", reason_limit)
 
 
-def _downtime_message(matched: str, downtime: Downtime, state_word: str) -> str:
+def _downtime_message(matched: str, downtime: Downtime, state_word: str, reason_limit: int) -> str:
     message = f"Service {matched} in {state_word} state"
     if downtime.creation is not None:
         message += f" since {downtime.creation:f}"
     if downtime.expiration is not None:
         message += f" until {downtime.expiration:f}"
     if downtime.reason:
-        message += f": {downtime.reason}"
+        message += f": {shown_reason(downtime.reason, reason_limit)}"
     return message
 
 
@@ -164,8 +164,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(message or None)  # no body, no write
 
     def write_error(self, status_code: int, **kwargs) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        reason = getattr(error, "reason", None) or http.client.responses.get(status_code, "Unknown")
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
-        self.finish(f"{status_code} {self._reason}\n")
+        self.finish(f"{status_code} {reason}\n")
 
 
 class NotFoundHandler(BaseHandler):
@@ -247,10 +249,11 @@ class CheckHandler(BaseHandler):
             found = state.spool.find_downtime(
                 service, port=target.port, host=None if target.host == LOCALHOST else target.host
             )
+        reason_limit = state.config.max_reason_chars
         if found is not None and not found[1].is_drain:
-            code, message = 503, down_message(*found)
+            code, message = 503, down_message(*found, reason_limit)
         elif is_spool:
-            code, message = (404, drain_message(*found)) if found is not None else (200, "")
+            code, message = (404, drain_message(*found, reason_limit)) if found is not None else (200, "")
         else:
             key, bypass = self._cache_key(service, target, query)
             result = None if bypass else state.cache.fresh(key)  # a cache hit needs no coroutine
@@ -260,7 +263,7 @@ class CheckHandler(BaseHandler):
                 # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
                 # a graceful drain. A failing check still answers its failure, so HAProxy marks the
                 # server down instead of keeping persistent connections on a dead one.
-                code, message = 404, drain_message(*found)
+                code, message = 404, drain_message(*found, reason_limit)
             else:
                 code, message = result.code, result.message
         # The check's own code is the service's last status; the answer is that code when HTTP knows it.

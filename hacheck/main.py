@@ -20,7 +20,9 @@ from hacheck import __version__, metrics, systemd
 from hacheck.agent import AgentServer
 from hacheck.app import make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
+from hacheck.connections import ConnectionLimits, throttle_tornado_connection_lines
 from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
+from hacheck.throttled_log import ThrottledLog
 
 log = logging.getLogger("hacheck")
 
@@ -28,8 +30,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # A worker that dies this soon after starting is restarted only after a pause,
 # so a worker that cannot start does not turn into a fork loop.
 RESTART_PAUSE = 1.0
-# Requests carry at most a small form (POST /spool); a larger body is refused with 400.
-MAX_REQUEST_BODY = 64 * 1024
+# After healthcheck_timeout, the time a stop gives answers in flight to reach their clients.
+STOP_GRACE = 1.0
 # Connections the kernel queues before accept (capped by net.core.somaxconn).
 # Tornado's default of 128 overflows when many checks arrive at once, and an
 # overflowed connection waits seconds for a SYN-ACK retransmission.
@@ -136,7 +138,8 @@ def bind_agent(args: argparse.Namespace, reuse_port: bool) -> list:
     sockets = []
     for port in args.agent_ports:
         try:
-            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port)
+            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port,
+                                                    backlog=LISTEN_BACKLOG)
         except OSError as err:
             for sock in sockets:
                 sock.close()
@@ -162,9 +165,12 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
                    with_mutornadomon=True, spool_on_http=args.spool_on_http)
     state = app.settings["hacheck_state"]
-    server = hacheck.server.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY)
+    warnings = ThrottledLog(log, interval=config.log_repeat_interval)
+    throttle_tornado_connection_lines(warnings)
+    server = hacheck.server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=warnings,
+                                       xheaders=False)
     server.add_sockets(sockets)
-    agent = AgentServer(state.spool)
+    agent = AgentServer(state.spool, warnings=warnings, max_reason_chars=config.max_reason_chars)
     await agent.start(agent_sockets)
     if args.agent_ports:
         log.info("agent-check answers on %s port %s%s", args.bind_address, ",".join(map(str, args.agent_ports)),
@@ -191,17 +197,17 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
         orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
         orphan_watch.start()
     await stop.wait()
-    log.info("stopping: no new connections, waiting for %d request(s) in flight", state.requests_in_flight)
+    # Bounded whatever clients do: connections still sending a request (or idle) close at once,
+    # answers in flight get healthcheck_timeout plus STOP_GRACE, then everything closes.
+    log.info("stopping: no new connections, waiting for %d answer(s) in flight", server.answering())
+    deadline = loop.time() + config.healthcheck_timeout + STOP_GRACE
     server.stop()
     agent.stop()
-    deadline = loop.time() + config.healthcheck_timeout + 2.0
-    while state.requests_in_flight > 0 and loop.time() < deadline:
+    server.close_unanswered()
+    while server.answering() > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    try:
-        await asyncio.wait_for(server.close_all_connections(), 2.0)
-    except asyncio.TimeoutError:
-        pass
-    await agent.wait_closed()
+    server.close_all()
+    await agent.wait_closed(max(0.1, deadline - loop.time()))
     state.close()
     log.info("stopped")
 

@@ -1,19 +1,24 @@
-"""The HTTP server, with an accept loop that pauses instead of spinning when file descriptors run out.
+"""The HTTP server: an accept loop that pauses instead of spinning when file descriptors run out,
+and connections kept to their bounds (``hacheck.connections``).
 
 Tornado's own accept loop lets ``EMFILE`` escape: the listening socket stays
 readable, so the event loop calls it again at once and logs a traceback each
 time (thousands a second) until a descriptor frees up. This one stops
-listening for a short pause, logs one warning, and resumes; the connections
-wait in the kernel's accept queue meanwhile.
+listening for a short pause, logs one warning per interval (``ThrottledLog``),
+and resumes; the connections wait in the kernel's accept queue meanwhile.
+The agent port uses the same loop.
 """
 
 import errno
 import logging
 import socket
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, List, Tuple
 
 import tornado.httpserver
 from tornado.ioloop import IOLoop
+
+from hacheck.connections import BoundedRequest, BoundedStream, ConnectionGuard, ConnectionLimits
+from hacheck.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -21,16 +26,14 @@ log = logging.getLogger(__name__)
 ACCEPT_BATCH = 128
 # How long to stop accepting when the process (or the system) has no descriptor left.
 EXHAUSTED_PAUSE = 0.1
-# At most one warning per this many seconds while descriptors keep running out.
-WARNING_INTERVAL = 10.0
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def add_pausing_accept_handler(sock: socket.socket, callback: Callable[[socket.socket, Any], None],
-                               pause: float = EXHAUSTED_PAUSE) -> Callable[[], None]:
+                               warnings: ThrottledLog, pause: float = EXHAUSTED_PAUSE) -> Callable[[], None]:
     """Like ``tornado.netutil.add_accept_handler``; returns the function that stops accepting."""
     io_loop = IOLoop.current()
-    state = {"removed": False, "resume": None, "pauses": 0, "warned_at": None}
+    state = {"removed": False, "resume": None}
 
     def resume() -> None:
         state["resume"] = None
@@ -50,13 +53,9 @@ def add_pausing_accept_handler(sock: socket.socket, callback: Callable[[socket.s
             except OSError as err:
                 if err.errno not in _EXHAUSTED:
                     raise
-                state["pauses"] += 1
-                now = io_loop.time()
-                if state["warned_at"] is None or now - state["warned_at"] >= WARNING_INTERVAL:
-                    log.warning("cannot accept connections: %s; paused accepting %d time(s) for %.1fs "
-                                "(raise rlimit_nofile?)", err.strerror, state["pauses"], pause)
-                    state["warned_at"] = now
-                    state["pauses"] = 0
+                # One kind for every port: out of descriptors is one problem, however many ports see it.
+                warnings.warning(("accept", err.errno), "cannot accept connections: %s; paused accepting for "
+                                 "%.1fs (raise rlimit_nofile?)", err.strerror, pause)
                 io_loop.remove_handler(sock)
                 state["resume"] = io_loop.call_later(pause, resume)
                 return
@@ -77,9 +76,52 @@ def add_pausing_accept_handler(sock: socket.socket, callback: Callable[[socket.s
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTP server with ``add_pausing_accept_handler`` as its accept loop."""
+    """Tornado's HTTP server with ``add_pausing_accept_handler`` as its accept loop and bounded connections.
+
+    Built as ``HTTPServer(app, limits=ConnectionLimits(...), warnings=ThrottledLog(...), ...)``;
+    Tornado's own size and time settings are set from ``limits`` (as a backstop: the
+    connections enforce them first, with an answer where Tornado would close silently).
+    """
+
+    def initialize(self, request_callback, limits: ConnectionLimits, warnings: ThrottledLog, **kwargs) -> None:
+        super().initialize(request_callback, max_header_size=limits.max_header_bytes,
+                           idle_connection_timeout=limits.idle_timeout + limits.header_timeout,
+                           body_timeout=limits.body_timeout, max_body_size=limits.max_body_bytes, **kwargs)
+        self.guard = ConnectionGuard(limits, warnings)
+        self.listeners: List[Tuple[socket.socket, Callable[[], None]]] = []
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = add_pausing_accept_handler(sock, self._handle_connection)
+            self.listeners.append((sock, add_pausing_accept_handler(sock, self._accepted, self.guard.warnings)))
+
+    def _accepted(self, connection: socket.socket, address: Any) -> None:
+        try:
+            peer = address[0] if isinstance(address, tuple) else str(address)
+            stream = BoundedStream(connection, peer, self.guard, max_buffer_size=self.max_buffer_size,
+                                   read_chunk_size=self.read_chunk_size)
+            self.handle_stream(stream, address)
+        except Exception:  # one connection must not take the accept loop down
+            log.exception("cannot serve a connection from %s", address)
+            connection.close()
+
+    def start_request(self, server_conn, request_conn):
+        return BoundedRequest(super().start_request(server_conn, request_conn), request_conn, self.guard)
+
+    def stop(self) -> None:
+        """Stop accepting (the listening sockets close); connections go on until closed."""
+        for sock, stop_accepting in self.listeners:
+            stop_accepting()
+            sock.close()
+        self.listeners = []
+        super().stop()
+
+    def answering(self) -> int:
+        """Requests read and not yet answered."""
+        return self.guard.answering()
+
+    def close_unanswered(self) -> None:
+        """Close every connection not being answered now; those being answered close once answered."""
+        self.guard.close_unanswered()
+
+    def close_all(self) -> None:
+        self.guard.close_all()

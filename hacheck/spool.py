@@ -29,6 +29,11 @@ LOCALHOST = "127.0.0.1"
 # huge or hostile file cannot cost unbounded memory.
 MAX_READ_BYTES = 64 * 1024
 
+# The reason of an entry that is not a regular file (a link, a directory, a FIFO, ...):
+# it says what the entry is, never what it points to.
+_NOT_A_REGULAR_FILE = "unreadable spool entry: not a regular file"
+_CUT_MARK = "..."
+
 # Temporary files of atomic writes start with this, and listings skip them.
 _TEMP_PREFIX = ".#hacheck-tmp."
 
@@ -170,11 +175,16 @@ def parse_downtime(content: bytes) -> Downtime:
     )
 
 
-def _is_symlink(path: str) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(path).st_mode)
-    except OSError:
-        return False
+def shown_reason(reason: str, limit: int) -> str:
+    """A downtime's reason as clients see it (HTTP answers, the agent): at most ``limit`` characters.
+
+    The one rule for cutting a reason short; a cut reason ends with "...". The tools show reasons whole.
+    """
+    if len(reason) <= limit:
+        return reason
+    if limit <= len(_CUT_MARK):
+        return reason[:limit]
+    return reason[:limit - len(_CUT_MARK)] + _CUT_MARK
 
 
 # A directory listing is trusted again only when the directory last changed at
@@ -270,26 +280,33 @@ class Spool:
         return self._read_file(self.path(service, port, host))
 
     def _read_file(self, path: str) -> Optional[Downtime]:
+        """The downtime in the entry at ``path``; None when there is none.
+
+        Only a regular file is read, and never through a symbolic link: a link
+        could point at any file the daemon can read (its configuration, say), and
+        the reason is shown to clients. Such an entry, like any unreadable one,
+        is a downtime whose reason says only what kind of entry it is.
+        """
         try:
-            # Only regular files are opened: opening a FIFO would block the
-            # daemon until a writer came, and a device could be anything.
-            mode = os.stat(path).st_mode
+            # lstat first: opening a FIFO would block the daemon until a writer
+            # came, and opening a device could do anything.
+            mode = os.lstat(path).st_mode
             if not stat.S_ISREG(mode):
-                kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-                return Downtime(reason=f"unreadable spool entry: {kind}")
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                return Downtime(reason="unreadable spool entry: a directory" if stat.S_ISDIR(mode)
+                                else _NOT_A_REGULAR_FILE)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
             with open(fd, "rb") as spool_file:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the stat
-                    return Downtime(reason="unreadable spool entry: not a regular file")
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since the lstat
+                    return Downtime(reason=_NOT_A_REGULAR_FILE)
                 return parse_downtime(spool_file.read(MAX_READ_BYTES))
         except FileNotFoundError:
-            if _is_symlink(path):  # a dangling symlink is still an entry
-                return Downtime(reason="unreadable spool entry: broken symbolic link")
             return None
         except OSError as err:
             if err.errno == errno.ENAMETOOLONG:  # no file can have this name
                 return None
-            # Present but unreadable (permissions, a symlink loop, ...): a file
+            if err.errno == errno.ELOOP:  # swapped for a link since the lstat (O_NOFOLLOW)
+                return Downtime(reason=_NOT_A_REGULAR_FILE)
+            # Present but unreadable (permissions, out of descriptors, ...): a file
             # there means down, so stay on the safe side and say why.
             return Downtime(reason=f"unreadable spool entry: {err.strerror}")
 

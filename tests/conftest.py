@@ -96,6 +96,25 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "hacheck_config(**keys): configuration for the daemon under test")
 
 
+def raw_exchange(port: int, request: bytes, timeout: float = 15.0) -> bytes:
+    """Send ``request`` as it is and read until the daemon closes; a refusal mid-send still reads the answer."""
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        try:
+            connection.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused while still sending: read what it said, if anything
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def http_request(port: int, path: str, method: str = "GET", headers=None, body=None,
                  host: str = "127.0.0.1", timeout: float = 15.0):
     """One request to a daemon on ``host``:``port``; returns (status, body text, headers)."""
