@@ -106,7 +106,8 @@ def toggle(spool_root: str, writer: int, rounds: int) -> list:
 
 @pytest.mark.timeout(180)
 def test_readers_never_see_half_a_file_while_many_tools_run(hacheck_daemon):
-    daemon = hacheck_daemon(config={"cache_time": 0})
+    # The whole reason in the answer (max_reason_chars), so a torn read cannot hide behind the cut.
+    daemon = hacheck_daemon(config={"cache_time": 0, "max_reason_chars": 1000})
     paths = [f"/spool/{service}/{80 + n}" for n, service in enumerate(SERVICES)]
     with Hammer(daemon.port, paths, threads=4) as hammer:
         with ThreadPoolExecutor(max_workers=30) as pool:
