@@ -359,3 +359,19 @@ def test_without_a_private_tornado_name_the_daemon_logs_one_line_and_serves(tmp_
     warned = [line for line in lines if "has no IOLoop._run_callback" in line]
     assert len(warned) == 1, "\n".join(lines)
     assert "Traceback" not in output_path.read_text()
+
+
+# --- the log -----------------------------------------------------------------------------
+
+
+def test_bad_and_refused_requests_are_logged_once_per_interval_with_a_count(hacheck_daemon):
+    daemon = hacheck_daemon()
+    for _ in range(100):
+        assert status_and_body(exchange(daemon.port, b"NOT HTTP AT ALL\r\n\r\n")[0])[0] == 400
+        assert status_and_body(exchange(daemon.port, b"GET /" + b"x" * 9000 + b" HTTP/1.0\r\n\r\n")[0])[0] == 414
+    lines = daemon.output().splitlines()
+    malformed = [line for line in lines if "Malformed HTTP message" in line]
+    refused = [line for line in lines if "refused a request" in line]
+    assert len(malformed) == 1 and len(refused) == 1, "\n".join(lines)
+    assert "414 Request line too long" in refused[0]
+    daemon.stop()
