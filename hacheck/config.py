@@ -38,7 +38,7 @@ class Config:
     # None keeps the original behaviour; a tuple of networks restricts (docs/security.md, "Configuration keys").
     remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = None
     check_host_allowed_networks: Optional[Tuple[Network, ...]] = None
-    # Bounds of one client connection (README: "Security and bad input"): times in seconds, sizes in bytes.
+    # Bounds of one client connection (docs/security.md, "Connection limits"): seconds and bytes.
     request_header_timeout: float = 10.0
     request_body_timeout: float = 10.0
     idle_connection_timeout: float = 60.0

@@ -15,6 +15,15 @@ DEFAULTS = {
     "http_headers_to_copy": ("Host",),
     "healthcheck_timeout": 10.0,
     "max_clients": 10,
+    "request_header_timeout": 10.0,
+    "request_body_timeout": 10.0,
+    "idle_connection_timeout": 60.0,
+    "max_request_line_bytes": 8192,
+    "max_request_header_bytes": 16384,
+    "max_request_body_bytes": 65536,
+    "refused_request_linger": 1.0,
+    "max_reason_chars": 200,
+    "log_repeat_interval": 10.0,
 }
 
 GOOD_VALUES = [
@@ -33,6 +42,11 @@ GOOD_VALUES = [
     ("http_headers_to_copy", "[]", ()),
     ("healthcheck_timeout", "0.5", 0.5),
     ("max_clients", "3", 3),
+    ("request_header_timeout", "2.5", 2.5),
+    ("idle_connection_timeout", "5", 5.0),
+    ("max_request_body_bytes", "1024", 1024),
+    ("refused_request_linger", "0", 0.0),
+    ("max_reason_chars", "80", 80),
 ]
 
 BAD_VALUES = [
@@ -50,6 +64,10 @@ BAD_VALUES = [
     ("healthcheck_timeout", "ten"),
     ("max_clients", "0"),
     ("max_clients", "2.5"),
+    ("request_body_timeout", "0"),
+    ("max_request_header_bytes", "16k"),
+    ("max_request_line_bytes", "0"),
+    ("log_repeat_interval", "-1"),
 ]
 
 
