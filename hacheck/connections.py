@@ -330,6 +330,9 @@ class _ThrottledTornadoLines(logging.Filter):
 
 def throttle_tornado_connection_lines(warnings: ThrottledLog) -> logging.Filter:
     """Route ``tornado.general``'s per-connection lines through ``warnings``; returns the filter added."""
+    tornado_log = logging.getLogger("tornado.general")
+    for previous in [f for f in tornado_log.filters if isinstance(f, _ThrottledTornadoLines)]:
+        tornado_log.removeFilter(previous)  # a server started again in the same process
     line_filter = _ThrottledTornadoLines(warnings)
-    logging.getLogger("tornado.general").addFilter(line_filter)
+    tornado_log.addFilter(line_filter)
     return line_filter
