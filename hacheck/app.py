@@ -11,12 +11,13 @@ import tornado.web
 from hacheck import __version__
 from hacheck.activity import Activity
 from hacheck.cache import CheckCache
-from hacheck.checks import REGISTRY
 from hacheck.checks.base import SharedResources
 from hacheck.config import Config
-from hacheck.handlers import NotFoundHandler, routes
+from hacheck.handlers import ROUTE_NAMES, NotFoundHandler, routes
+from hacheck.inflight import InFlightChecks
 from hacheck.metrics import Metrics
 from hacheck.spool import Spool
+from hacheck.throttled_log import ThrottledLog
 from hacheck.tornado_stats import TornadoStats, tornado_stats_if_available
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,21 @@ class DaemonState:
     metrics: Optional[Metrics] = None
     # False with -S: HTTP checks report only the real check; downtimes go through the agent.
     spool_on_http: bool = True
+    # Uncached checks in flight per target and per client (max_checks_per_target, max_checks_per_client).
+    in_flight_checks: InFlightChecks = field(default_factory=InFlightChecks)
+    # Repeated warnings of the handlers (refused hosts, refused spool changes, refused checks).
+    warnings: ThrottledLog = field(default_factory=lambda: ThrottledLog(logging.getLogger("hacheck.handlers")))
+
+    def __post_init__(self) -> None:
+        self.apply_config(self.config)
+
+    def apply_config(self, config: Config) -> None:
+        """Use ``config`` from now on: the one place where objects that keep a copy of a key are told."""
+        self.config = config
+        self.resources.config = config
+        self.cache.reconfigure(config.cache_time, config.cache_max_entries)
+        self.activity.max_pairs = config.access_counts_max_pairs
+        self.warnings.interval = config.log_repeat_interval
 
     def close(self) -> None:
         if self.tornado_stats is not None:
@@ -70,7 +86,7 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
     ``with_mutornadomon`` needs a current IOLoop (it starts a periodic callback).
     ``spool_on_http=False`` (``-S``) makes check routes other than /spool ignore downtimes.
     """
-    metrics = Metrics(spool, REGISTRY, per_service=config.metrics_per_service)
+    metrics = Metrics(spool, ROUTE_NAMES, per_service=config.metrics_per_service)
     state = DaemonState(
         config=config,
         spool=spool,

@@ -12,6 +12,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from hacheck.activity import DEFAULT_MAX_PAIRS
+from hacheck.cache import DEFAULT_MAX_ENTRIES
+from hacheck.throttled_log import DEFAULT_REPEAT_INTERVAL
+
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
@@ -38,6 +42,13 @@ class Config:
     # None keeps the original behaviour; a tuple of networks restricts (README: "Security and bad input").
     remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = None
     check_host_allowed_networks: Optional[Tuple[Network, ...]] = None
+    # Bounded tables and shared slots (issue 14: keys and bounds). Read at request time.
+    cache_max_entries: int = DEFAULT_MAX_ENTRIES
+    access_counts_max_pairs: int = DEFAULT_MAX_PAIRS
+    log_repeat_interval: float = DEFAULT_REPEAT_INTERVAL
+    # Uncached checks in flight that take an outbound slot: per (host, port), and per client address.
+    max_checks_per_target: int = 4
+    max_checks_per_client: int = 8
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
@@ -194,4 +205,9 @@ _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "metrics_per_service": _boolean,
     "remote_spool_allowed_networks": _networks,
     "check_host_allowed_networks": _networks,
+    "cache_max_entries": _positive_int,
+    "access_counts_max_pairs": _positive_int,
+    "log_repeat_interval": _number(0, allow_equal=True),
+    "max_checks_per_target": _positive_int,
+    "max_checks_per_client": _positive_int,
 }

@@ -11,18 +11,23 @@ import logging
 import os
 import re
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Awaitable, List, Optional, Sequence, Tuple
 
 import tornado.escape
 import tornado.httputil
 import tornado.web
 
-from hacheck.checks import QUERY_REQUIRED, REGISTRY, CheckContext, Target, run_check
+from hacheck.checks import REGISTRY, CheckResult, Target, check_context, check_key, run_check
+from hacheck.checks.base import not_reached
+from hacheck.inflight import InFlightChecks
 from hacheck.spool import LOCALHOST, STATE_DOWN, STATE_DRAIN, Downtime, SpoolError, spool_filename
 
 log = logging.getLogger(__name__)
 
 SERVICE_PATTERN = r"[.a-zA-Z0-9_-]+"
+# The first part of a path: the spool route, then one per protocol (the metrics' protocol label).
+SPOOL_ROUTE = "spool"
+ROUTE_NAMES = (SPOOL_ROUTE, *REGISTRY)
 DEFAULT_RECENT_THRESHOLD = 600
 
 # The headers that may name another host (and port) to check than the URL's port on 127.0.0.1.
@@ -176,8 +181,8 @@ class NotFoundHandler(BaseHandler):
                          "is letters, digits, '.', '_' and '-' and the port is decimal\n")
 
 
-class CheckHandler(BaseHandler):
-    """``/<protocol>/<service>/<port>[/<query>]`` and ``/spool/...`` (GET; POST changes the spool).
+class PathHandler(BaseHandler):
+    """What ``/spool/...`` and the protocol routes share: the path's parts, the target, the downtime.
 
     The route only says that the path has this shape (see ``routes``); the parts
     are taken from the path here, once, instead of Tornado percent-decoding
@@ -214,107 +219,84 @@ class CheckHandler(BaseHandler):
             query = self.decode_argument(tornado.escape.url_unescape(query, encoding=None, plus=False))
         return service, int(digits or "0"), query
 
+    def _target(self, service: str, port: int) -> Optional[Target]:
+        """The target the headers and URL name; None once answered with 400."""
+        try:
+            return choose_target(self.request.headers, port, self.state.own_ips)
+        except BadRequest as err:
+            self.state.activity.record(service, self.request.remote_ip)
+            self.answer(400, f"{err}\n")
+            return None
+
+    def _downtime(self, service: str, target: Target) -> Optional[Tuple[str, Downtime]]:
+        return self.state.spool.find_downtime(
+            service, port=target.port, host=None if target.host == LOCALHOST else target.host
+        )
+
+    def _answer_and_record(self, service: str, code: int, message: str) -> None:
+        # The check's own code is the service's last status; the answer is that code when HTTP knows it.
+        self.state.activity.record(service, self.request.remote_ip, code)
+        self.answer(code if code in _ANSWERED_AS_IS else 503, message)
+
+    def finish(self, chunk=None):
+        # Counted before the answer leaves: a scrape sent after it (maybe to another worker) includes it.
+        if not self._request_counted:
+            self._request_counted = True
+            self.state.metrics.count_request(self.protocol, self.service, self.get_status())
+        return super().finish(chunk)
+
+    def _optional_time(self, name: str) -> Optional[float]:
+        value = self.get_body_argument(name, "").strip()
+        if not value:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise BadRequest(f"{name} must be a unix time, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise BadRequest(f"{name} must be a finite unix time, got {value!r}")
+        return number
+
+
+
+class SpoolHandler(PathHandler):
+    """``/spool/<service>/<port>[/<query>]``: the spool alone (GET); POST changes it when allowed."""
+
     async def get(self) -> None:
         parsed = self._parse_path()
         if parsed is None:
             return
-        service, port, query = parsed
-        state = self.state
-        client_ip = self.request.remote_ip
-        try:
-            target = choose_target(self.request.headers, port, state.own_ips)
-        except BadRequest as err:
-            state.activity.record(service, client_ip)
-            self.answer(400, f"{err}\n")
+        service, port, _ = parsed
+        target = self._target(service, port)
+        if target is None:
             return
-        is_spool = self.protocol == "spool"
-        if not is_spool:
-            if target.port == 0:
-                state.activity.record(service, client_ip)
-                self.answer(400, "Invalid port 0: a check needs a port from 1 to 65535\n")
-                return
-            networks = state.config.check_host_allowed_networks
-            if networks is not None and target.host != LOCALHOST \
-                    and not address_in_networks(target.host, networks):
-                # Refused before any connection: the header must not reach arbitrary hosts.
-                log.warning("%s asked to check %s, outside check_host_allowed_networks", client_ip, target.host)
-                state.activity.record(service, client_ip)
-                self.answer(403, f"Host {target.host} is not in check_host_allowed_networks\n")
-                return
-        found = None
-        # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
-        if state.spool_on_http or is_spool:
-            found = state.spool.find_downtime(
-                service, port=target.port, host=None if target.host == LOCALHOST else target.host
-            )
-        if found is not None and not found[1].is_drain:
-            code, message = 503, down_message(*found)
-        elif is_spool:
-            code, message = (404, drain_message(*found)) if found is not None else (200, "")
+        found = self._downtime(service, target)
+        if found is None:
+            code, message = 200, ""
+        elif found[1].is_drain:
+            code, message = 404, drain_message(*found)
         else:
-            key, bypass = self._cache_key(service, target, query)
-            result = None if bypass else state.cache.fresh(key)  # a cache hit needs no coroutine
-            if result is None:
-                result = await self._run_protocol_check(key, bypass, service, target, query)
-            if found is not None and 200 <= result.code < 400:
-                # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
-                # a graceful drain. A failing check still answers its failure, so HAProxy marks the
-                # server down instead of keeping persistent connections on a dead one.
-                code, message = 404, drain_message(*found)
-            else:
-                code, message = result.code, result.message
-        # The check's own code is the service's last status; the answer is that code when HTTP knows it.
-        state.activity.record(service, client_ip, code)
-        self.answer(code if code in _ANSWERED_AS_IS else 503, message)
+            code, message = 503, down_message(*found)
+        self._answer_and_record(service, code, message)
 
     head = get
 
-    def _cache_key(self, service: str, target: Target, query: str) -> Tuple[tuple, bool]:
-        """The check's cache key, and whether the request asks to bypass the cache (``Pragma: no-cache``)."""
-        key = (self.protocol, target.host, target.port, query, self.request.query)
-        if self.state.config.service_name_header:
-            key += (service,)
-        pragmas = self.request.headers.get_list("Pragma")
-        return key, bool(pragmas) and "no-cache" in ",".join(pragmas).lower()
-
-    async def _run_protocol_check(self, key: tuple, bypass: bool, service: str, target: Target, query: str):
-        state = self.state
-        config = state.config
-        query_string = self.request.query
-        headers = self.request.headers
-        check = REGISTRY[self.protocol]
-        time_check = state.metrics.time_check
-
-        def run():
-            # Built only when the check runs: a shared or cached result needs no context.
-            context = CheckContext(service=service, config=config, resources=state.resources,
-                                   query_string=query_string, headers=headers)
-            return time_check(self.protocol, service, run_check(check, target, query, context))
-
-        # Counted while waiting: a stop lets these finish, and /status reports them.
-        state.requests_in_flight += 1
-        try:
-            return await state.cache.get_or_run(key, run, bypass=bypass)
-        finally:
-            state.requests_in_flight -= 1
-
     def post(self) -> None:
-        if self.protocol != "spool":
-            self.service = self.request.path.split("/", 3)[2]  # for the request count
-            raise tornado.web.HTTPError(405)
         parsed = self._parse_path()
         if parsed is None:
             return
         service, port, _ = parsed
         state = self.state
+        client_ip = self.request.remote_ip
         if not state.config.allow_remote_spool_changes:
             self.answer(403, "Remote spool changes are disabled (allow_remote_spool_changes is false)\n")
             return
         networks = state.config.remote_spool_allowed_networks
-        if networks is not None and not address_in_networks(self.request.remote_ip, networks):
-            log.warning("%s tried a remote spool change from outside remote_spool_allowed_networks",
-                        self.request.remote_ip)
-            self.answer(403, f"Remote spool changes from {self.request.remote_ip} are not allowed "
+        if networks is not None and not address_in_networks(client_ip, networks):
+            state.warnings.warning("remote spool change refused",
+                                   "%s tried a remote spool change from outside remote_spool_allowed_networks",
+                                   client_ip)
+            self.answer(403, f"Remote spool changes from {client_ip} are not allowed "
                              "(remote_spool_allowed_networks)\n")
             return
         status = self.get_body_argument("status", None)
@@ -342,28 +324,107 @@ class CheckHandler(BaseHandler):
             log.error("remote spool change failed: %s", err)
             self.answer(500, f"{err}\n")
             return
-        log.info("%s set %s%s %s by remote request", self.request.remote_ip, service,
+        log.info("%s set %s%s %s by remote request", client_ip, service,
                  f":{port}" if entry_port else "", status)
         self.answer(200)
 
-    def finish(self, chunk=None):
-        # Counted before the answer leaves: a scrape sent after it (maybe to another worker) includes it.
-        if not self._request_counted:
-            self._request_counted = True
-            self.state.metrics.count_request(self.protocol, self.service, self.get_status())
-        return super().finish(chunk)
 
-    def _optional_time(self, name: str) -> Optional[float]:
-        value = self.get_body_argument(name, "").strip()
-        if not value:
-            return None
+class CheckHandler(PathHandler):
+    """``/<protocol>/<service>/<port>[/<query>]`` (GET): the spool, then the protocol's cached check."""
+
+    async def get(self) -> None:
+        parsed = self._parse_path()
+        if parsed is None:
+            return
+        service, port, query = parsed
+        state = self.state
+        client_ip = self.request.remote_ip
+        target = self._target(service, port)
+        if target is None:
+            return
+        if target.port == 0:
+            state.activity.record(service, client_ip)
+            self.answer(400, "Invalid port 0: a check needs a port from 1 to 65535\n")
+            return
+        networks = state.config.check_host_allowed_networks
+        if networks is not None and target.host != LOCALHOST and not address_in_networks(target.host, networks):
+            # Refused before any connection: the header must not reach arbitrary hosts.
+            state.warnings.warning("check host refused", "%s asked to check %s, outside check_host_allowed_networks",
+                                   client_ip, target.host)
+            state.activity.record(service, client_ip)
+            self.answer(403, f"Host {target.host} is not in check_host_allowed_networks\n")
+            return
+        # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
+        found = self._downtime(service, target) if state.spool_on_http else None
+        if found is not None and not found[1].is_drain:
+            self._answer_and_record(service, 503, down_message(*found))
+            return
+        result = await self._cached_check(service, target, query)
+        if found is not None and 200 <= result.code < 400:
+            # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
+            # a graceful drain. A failing check still answers its failure, so HAProxy marks the
+            # server down instead of keeping persistent connections on a dead one.
+            self._answer_and_record(service, 404, drain_message(*found))
+        else:
+            self._answer_and_record(service, result.code, result.message)
+
+    head = get
+
+    def post(self) -> None:
+        self.service = self.request.path.split("/", 3)[2]  # for the request count
+        raise tornado.web.HTTPError(405)
+
+    async def _cached_check(self, service: str, target: Target, query: str) -> CheckResult:
+        """The check's result: cached, shared with the same check in flight, or run now."""
+        state = self.state
+        config = state.config
+        protocol = REGISTRY[self.protocol]
+        query_string = self.request.query
+        headers = self.request.headers
+        key = check_key(self.protocol, protocol, config, target, service, query, query_string, headers)
+        pragmas = headers.get_list("Pragma")
+        bypass = bool(pragmas) and "no-cache" in ",".join(pragmas).lower()
+        cache = state.cache
+        result = None if bypass else cache.fresh(key)  # a cache hit needs no coroutine
+        if result is not None:
+            return result
+        client_ip = self.request.remote_ip
+        counted = protocol.uses_outbound_slot and not cache.running(key)
+        if counted:
+            refusal = state.in_flight_checks.admit(target, client_ip, config)
+            if refusal is not None:
+                state.warnings.warning("check refused by a bound", "%s: %s", client_ip, refusal)
+                return not_reached(refusal)
+        started = False
+
+        def run():
+            nonlocal started
+            started = True
+            # Built only when the check runs: a shared or cached result needs no context.
+            context = check_context(protocol, config, state.resources, service, query_string, headers)
+            checked = run_check(protocol.check, target, query if protocol.uses_query else "", context)
+            timed = state.metrics.time_check(self.protocol, service, checked)
+            return _released_after(timed, state.in_flight_checks, target, client_ip) if counted else timed
+
+        # Counted while waiting: a stop lets these finish, and /status reports them.
+        state.requests_in_flight += 1
         try:
-            number = float(value)
-        except ValueError:
-            raise BadRequest(f"{name} must be a unix time, got {value!r}") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise BadRequest(f"{name} must be a finite unix time, got {value!r}")
-        return number
+            result = await cache.get_or_run(key, run, bypass=bypass)
+        finally:
+            state.requests_in_flight -= 1
+            if counted and not started:  # joined a check after all: nothing of this request's to count
+                state.in_flight_checks.release(target, client_ip)
+        if not result.is_verdict:
+            state.warnings.warning("check not run", "check of %s not run: %s", service, result.message)
+        return result
+
+
+async def _released_after(check: Awaitable[CheckResult], in_flight: InFlightChecks, target: Target,
+                          client_ip: str) -> CheckResult:
+    try:
+        return await check
+    finally:
+        in_flight.release(target, client_ip)
 
 
 class StatusHandler(BaseHandler):
@@ -371,6 +432,8 @@ class StatusHandler(BaseHandler):
         state = self.state
         self.write({
             "cache": state.cache.stats(),
+            "access_counts": state.activity.stats(),
+            "uncached_checks_in_flight": state.in_flight_checks.stats(),
             "uptime": time.time() - state.started_at,
             "outbound_request_queue_size": state.resources.outbound_queue_size(),
             "requests_in_flight": state.requests_in_flight,
@@ -416,14 +479,11 @@ def routes(state) -> list:
     A check route has no groups: ``CheckHandler`` takes the parts from the path itself.
     """
     given = {"state": state}
-    table = []
-    for protocol in REGISTRY:
-        name = re.escape(protocol)
-        if protocol in QUERY_REQUIRED:
-            pattern = rf"/{name}/{SERVICE_PATTERN}/[0-9]+/.*"
-        else:
-            pattern = rf"/{name}/{SERVICE_PATTERN}/[0-9]+(?:/.*)?"
-        table.append((pattern, CheckHandler, {"protocol": protocol, **given}))
+    table = [(rf"/{SPOOL_ROUTE}/{SERVICE_PATTERN}/[0-9]+(?:/.*)?", SpoolHandler, {"protocol": SPOOL_ROUTE, **given})]
+    for name, protocol in REGISTRY.items():
+        query = "/.*" if protocol.query_required else "(?:/.*)?"
+        table.append((rf"/{re.escape(name)}/{SERVICE_PATTERN}/[0-9]+{query}", CheckHandler,
+                      {"protocol": name, **given}))
     table += [
         (r"/status", StatusHandler, given),
         (r"/status/count", StatusCountHandler, given),

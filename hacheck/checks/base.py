@@ -8,14 +8,17 @@ into a result, so protocol modules do not repeat try/except blocks.
 
 import asyncio
 import concurrent.futures
+import contextlib
+import errno
 import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Optional, Tuple
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Mapping, Optional, Tuple
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.netutil import DefaultLoopResolver, Resolver
 
 from hacheck.config import Config
@@ -37,24 +40,106 @@ class Target:
     port: int
 
 
+# Errors that say hacheck itself ran out of something before the check reached the service.
+OWN_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
 @dataclass(frozen=True)
 class CheckResult:
-    """A check's verdict: an HTTP-style status code and a message for people."""
+    """A check's answer: an HTTP-style status code and a message for people.
+
+    ``is_verdict`` is False when the check never reached the service (no free
+    slot, hacheck out of file descriptors, a bound): the answer says so, and the
+    cache does not keep it as the service's state.
+    """
 
     code: int
     message: str = ""
+    is_verdict: bool = True
 
     @property
     def is_up(self) -> bool:
         return 200 <= self.code < 300
 
 
-class CheckFailed(Exception):
-    """Raised inside a check to answer with ``code`` and ``message`` at once."""
+def not_reached(message: str) -> CheckResult:
+    """The 503 of a check that never reached the service (never cached)."""
+    return CheckResult(503, message, is_verdict=False)
 
-    def __init__(self, code: int, message: str):
+
+class CheckFailed(Exception):
+    """Raised inside a check to answer with ``result`` (or ``code`` and ``message``) at once."""
+
+    def __init__(self, code: int, message: str, is_verdict: bool = True):
         super().__init__(message)
-        self.result = CheckResult(code, message)
+        self.result = CheckResult(code, message, is_verdict)
+
+
+class CheckProgress:
+    """Where a running check is: ``waiting_for`` names hacheck's own resource it waits for, if any.
+
+    When the timeout comes while a check still waits for a slot of its own,
+    the service was never asked, and the answer must not pass for its verdict.
+    """
+
+    __slots__ = ("waiting_for",)
+
+    def __init__(self) -> None:
+        self.waiting_for: Optional[str] = None
+
+
+class Slots:
+    """At most ``limit()`` holders at once, served first come first served.
+
+    The limit is read at each acquisition, so a changed configuration applies
+    to the next check. ``waiting`` is shown in ``/status``.
+    """
+
+    def __init__(self, limit: Callable[[], int]):
+        self._limit = limit
+        self.in_use = 0
+        self._waiters: Deque[asyncio.Future] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, progress: Optional[CheckProgress] = None, what: str = "") -> None:
+        """Wait for a slot; meanwhile ``progress`` says the check waits for ``what``."""
+        if self.in_use < self._limit() and not self._waiters:
+            self.in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if progress is not None:
+            progress.waiting_for = what
+        try:
+            await waiter  # release() counted this holder in before waking it
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # woken and cancelled at once: pass the slot on
+            else:
+                self._waiters.remove(waiter)
+            raise
+        if progress is not None:
+            progress.waiting_for = None
+
+    def release(self) -> None:
+        self.in_use -= 1
+        while self._waiters and self.in_use < self._limit():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def held(self, progress: Optional[CheckProgress], what: str) -> AsyncIterator[None]:
+        """Hold a slot for the block; ``progress`` says ``what`` the check waits for meanwhile."""
+        await self.acquire(progress, what)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class NumericFirstResolver(Resolver):
@@ -89,7 +174,10 @@ class SharedResources:
         self._http_client: Optional[AsyncHTTPClient] = None
         self._resolver = NumericFirstResolver()
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._blocking_slots: Optional[asyncio.Semaphore] = None
+        # hacheck's own count of outbound HTTP requests, so that a check knows whether it is still
+        # waiting for a slot (Tornado's client queue would only say so after the fact).
+        self.outbound_slots = Slots(lambda: self.config.max_clients)
+        self.blocking_slots = Slots(lambda: self.config.max_clients)
 
     @property
     def http_client(self) -> AsyncHTTPClient:
@@ -103,11 +191,26 @@ class SharedResources:
 
     def outbound_queue_size(self) -> int:
         """Requests waiting for a free outbound HTTP slot (``/status``)."""
-        client = self._http_client
-        queue = getattr(client, "queue", None)
-        return len(queue) if queue is not None else 0
+        return self.outbound_slots.waiting
 
-    async def run_blocking(self, func: Callable[..., Any], *args: Any, timeout: float) -> Any:
+    async def fetch(self, request: HTTPRequest, progress: Optional[CheckProgress]) -> "asyncio.Future":
+        """Start ``request`` once one of the ``max_clients`` outbound slots is free; returns the fetch.
+
+        The slot is held until Tornado is done with the request, even when the
+        check that started it was cancelled meanwhile: await the fetch shielded.
+        """
+        slots = self.outbound_slots
+        await slots.acquire(progress, f"free outbound connection (max_clients={self.config.max_clients})")
+        try:
+            pending = self.http_client.fetch(request, raise_error=False)
+        except BaseException:
+            slots.release()
+            raise
+        pending.add_done_callback(_release_and_collect(slots))
+        return pending
+
+    async def run_blocking(self, func: Callable[..., Any], *args: Any, timeout: float,
+                           progress: Optional[CheckProgress] = None) -> Any:
         """Run a blocking call (a driver without asyncio) in a bounded thread pool.
 
         At most ``max_clients`` run at once; waiting for a slot counts against
@@ -116,16 +219,15 @@ class SharedResources:
         socket timeouts so the thread comes back.
         """
         if self._executor is None:
-            workers = self.config.max_clients
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="hacheck-blocking"
+                max_workers=self.config.max_clients, thread_name_prefix="hacheck-blocking"
             )
-            self._blocking_slots = asyncio.Semaphore(workers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        what = f"free blocking-pool thread (max_clients={self.config.max_clients})"
 
         async def bounded() -> Any:
-            async with self._blocking_slots:
+            async with self.blocking_slots.held(progress, what):
                 return await loop.run_in_executor(self._executor, func, *args)
 
         return await asyncio.wait_for(bounded(), max(0.0, deadline - loop.time()))
@@ -140,6 +242,16 @@ class SharedResources:
             self._executor = None
 
 
+def _release_and_collect(slots: Slots) -> Callable[["asyncio.Future"], None]:
+    """A fetch's done callback: free its slot, and collect an outcome nobody awaits any more
+    (its check was cancelled at the timeout), so it is not logged as an error."""
+    def done(pending: "asyncio.Future") -> None:
+        slots.release()
+        if not pending.cancelled():
+            pending.exception()
+    return done
+
+
 @dataclass(frozen=True)
 class CheckContext:
     """Everything about the incoming request a check may use besides target and query."""
@@ -149,6 +261,7 @@ class CheckContext:
     resources: SharedResources
     query_string: str = ""
     headers: Mapping[str, str] = None  # the incoming request's headers, case-insensitive
+    progress: CheckProgress = field(default_factory=CheckProgress)
 
     @property
     def timeout(self) -> float:
@@ -156,6 +269,14 @@ class CheckContext:
 
 
 CheckFunction = Callable[[Target, str, CheckContext], Awaitable[CheckResult]]
+
+
+def connect_failure(err: BaseException, target: Target) -> CheckResult:
+    """The 503 for a failed connection; hacheck's own lack of descriptors is not the service's verdict."""
+    if isinstance(err, OSError) and err.errno in OWN_RESOURCE_ERRNOS:
+        return not_reached(f"hacheck could not connect to {target.host}:{target.port}: {err.strerror} "
+                           "(hacheck's own limit; the service was not asked)")
+    return CheckResult(503, describe_connect_error(err, target))
 
 
 def describe_connect_error(err: BaseException, target: Target) -> str:
@@ -185,7 +306,8 @@ async def open_connection(
     except asyncio.TimeoutError:
         raise CheckFailed(503, f"Connection timed out after {timeout:.2f}s") from None
     except (OSError, ssl.SSLError) as err:
-        raise CheckFailed(503, describe_connect_error(err, target)) from None
+        failure = connect_failure(err, target)
+        raise CheckFailed(failure.code, failure.message, failure.is_verdict) from None
 
 
 async def close_quietly(writer: asyncio.StreamWriter) -> None:
@@ -206,9 +328,13 @@ async def run_check(check: CheckFunction, target: Target, query: str, context: C
     except CheckFailed as failed:
         return failed.result
     except asyncio.TimeoutError:
+        waiting_for = context.progress.waiting_for
+        if waiting_for is not None:
+            return not_reached(f"Check of {target.host}:{target.port} not run: no {waiting_for} "
+                               f"within {timeout:.2f}s")
         return CheckResult(503, f"Check timed out after {timeout:.2f}s")
     except (OSError, ssl.SSLError) as err:
-        return CheckResult(503, describe_connect_error(err, target))
+        return connect_failure(err, target)
     except asyncio.CancelledError:
         raise
     except Exception as err:  # a bug in a check must not take the daemon down
