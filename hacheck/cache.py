@@ -205,16 +205,24 @@ class CheckCache:
     def _finish(self, key: Hashable, task: "asyncio.Future[Any]") -> None:
         if self._in_flight.get(key) is task:
             del self._in_flight[key]
-        if task.cancelled() or task.exception() is not None or self.ttl <= 0:
+        if not task.cancelled() and task.exception() is None:
+            self.store(key, task.result())
+
+    def store(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` for ``key`` for ttl seconds, letting the oldest entries go when full.
+
+        A value whose ``is_verdict`` is False is refused (counted as ``not_stored``).
+        """
+        if self.ttl <= 0:
             return
-        if not getattr(task.result(), "is_verdict", True):
+        if not getattr(value, "is_verdict", True):
             self.counters["not_stored"] += 1
             return
         self._entries.pop(key, None)
         if len(self._entries) >= self.max_entries:
             self._evict_oldest(len(self._entries) - self.max_entries + 1)
         expires_at = self._clock() + self.ttl
-        self._entries[key] = (expires_at, task.result())
+        self._entries[key] = (expires_at, value)
         if expires_at < self._next_expiry:
             self._next_expiry = expires_at
         self.counters["sets"] += 1

@@ -219,10 +219,14 @@ class PathHandler(BaseHandler):
             query = self.decode_argument(tornado.escape.url_unescape(query, encoding=None, plus=False))
         return service, int(digits or "0"), query
 
-    def _target(self, service: str, port: int) -> Optional[Target]:
-        """The target the headers and URL name; None once answered with 400."""
+    def _service_target_query(self) -> Optional[Tuple[str, Target, str]]:
+        """The service, the target the URL and headers name, and the query; None once answered with 400."""
+        parsed = self._parse_path()
+        if parsed is None:
+            return None
+        service, port, query = parsed
         try:
-            return choose_target(self.request.headers, port, self.state.own_ips)
+            return service, choose_target(self.request.headers, port, self.state.own_ips), query
         except BadRequest as err:
             self.state.activity.record(service, self.request.remote_ip)
             self.answer(400, f"{err}\n")
@@ -258,18 +262,14 @@ class PathHandler(BaseHandler):
         return number
 
 
-
 class SpoolHandler(PathHandler):
     """``/spool/<service>/<port>[/<query>]``: the spool alone (GET); POST changes it when allowed."""
 
     async def get(self) -> None:
-        parsed = self._parse_path()
-        if parsed is None:
+        asked = self._service_target_query()
+        if asked is None:
             return
-        service, port, _ = parsed
-        target = self._target(service, port)
-        if target is None:
-            return
+        service, target, _ = asked
         found = self._downtime(service, target)
         if found is None:
             code, message = 200, ""
@@ -333,15 +333,12 @@ class CheckHandler(PathHandler):
     """``/<protocol>/<service>/<port>[/<query>]`` (GET): the spool, then the protocol's cached check."""
 
     async def get(self) -> None:
-        parsed = self._parse_path()
-        if parsed is None:
+        asked = self._service_target_query()
+        if asked is None:
             return
-        service, port, query = parsed
+        service, target, query = asked
         state = self.state
         client_ip = self.request.remote_ip
-        target = self._target(service, port)
-        if target is None:
-            return
         if target.port == 0:
             state.activity.record(service, client_ip)
             self.answer(400, "Invalid port 0: a check needs a port from 1 to 65535\n")

@@ -537,3 +537,79 @@ def test_mutornadomon_filter_lets_only_loopback_in(address, allowed):
     from hacheck.tornado_stats import is_localhost
 
     assert is_localhost(SimpleNamespace(remote_ip=address)) is allowed
+
+
+# --- answers that are not the service's verdict (never cached) ------------------------------
+
+
+@pytest.mark.hacheck_config(max_clients=1, healthcheck_timeout=0.5, max_checks_per_target=10)
+@pytest.mark.gen_test(timeout=20)
+async def test_no_free_outbound_slot_is_a_503_that_is_not_cached(get):
+    async with http_upstream() as upstream:
+        with silent_listener() as hung_port:
+            # The first hung check holds the single slot from 0 to 0.5 s, the second (asked at 0.3 s)
+            # from 0.5 to 1 s: the check asked at 0.35 s waits for it until its timeout at 0.85 s.
+            hung = [asyncio.ensure_future(get(f"/http/hung/{hung_port}/first"))]
+            await asyncio.sleep(0.3)
+            hung.append(asyncio.ensure_future(get(f"/http/hung/{hung_port}/second")))
+            await asyncio.sleep(0.05)
+            response = await get(f"/http/web/{upstream.port}/h")
+            assert response.code == 503
+            assert text(response) == (f"Check of 127.0.0.1:{upstream.port} not run: no free outbound connection "
+                                      "(max_clients=1) within 0.50s")
+            await asyncio.gather(*hung)
+        assert upstream.requests == []
+        response = await get(f"/http/web/{upstream.port}/h")
+        assert (response.code, upstream.requests) == (200, ["/h"])
+        cache = json.loads(text(await get("/status")))["cache"]
+        assert cache["not_stored"] == 1
+
+
+@pytest.mark.hacheck_config(max_checks_per_target=2, max_checks_per_client=3)
+@pytest.mark.gen_test(timeout=20)
+async def test_checks_beyond_the_per_target_and_per_client_bounds_are_refused_and_not_cached(get):
+    async with http_upstream() as upstream, http_upstream() as other:
+        slow = [asyncio.ensure_future(get(f"/http/web/{upstream.port}/slow?n={n}")) for n in range(2)]
+        await asyncio.sleep(0.1)
+        response = await get(f"/http/web/{upstream.port}/slow?n=2")
+        assert (response.code, text(response)) == (
+            503, f"Not checked: 2 checks of 127.0.0.1:{upstream.port} already in flight (max_checks_per_target=2)")
+        # The same check as one in flight joins it: no bound applies.
+        assert (await get(f"/http/web/{upstream.port}/slow?n=1", headers={"Pragma": "no-cache"})).code == 200
+        await asyncio.gather(*slow)
+        assert upstream.max_in_flight == 2
+        slow = [asyncio.ensure_future(get(f"/http/web/{port}/slow?m={n}")) for n, port in
+                enumerate([upstream.port, upstream.port, other.port])]
+        await asyncio.sleep(0.1)
+        response = await get(f"/http/web/{other.port}/slow?m=3")
+        assert (response.code, text(response)) == (
+            503, "Not checked: client 127.0.0.1 already has 3 checks in flight (max_checks_per_client=3)")
+        await asyncio.gather(*slow)
+        assert (await get(f"/http/web/{other.port}/slow?m=3")).code == 200  # the refusal was not cached
+
+
+@pytest.mark.gen_test
+async def test_hacheck_out_of_file_descriptors_is_a_503_that_is_not_cached(get):
+    import resource
+
+    async with accepting() as port:
+        path = f"/tcp/web/{port}"
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+        try:
+            while True:  # take every descriptor left ...
+                try:
+                    fillers.append(os.open("/dev/null", os.O_RDONLY))
+                except OSError:
+                    break
+            for _ in range(2):  # ... but the test client's socket and the one hacheck accepts
+                os.close(fillers.pop())
+            response = await get(path)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for descriptor in fillers:
+                os.close(descriptor)
+        assert response.code == 503
+        assert "Too many open files" in text(response) and "the service was not asked" in text(response)
+        assert (await get(path)).code == 200
