@@ -357,7 +357,11 @@ class CheckHandler(PathHandler):
             self._answer_and_record(service, 503, down_message(*found))
             return
         result = await self._cached_check(service, target, query)
-        if found is not None and 200 <= result.code < 400:
+        if not result.is_verdict:
+            # Not the service's state: /recent keeps the last one the service really gave.
+            state.activity.record(service, client_ip)
+            self.answer(503, f"{result.message}\n")
+        elif found is not None and 200 <= result.code < 400:
             # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
             # a graceful drain. A failing check still answers its failure, so HAProxy marks the
             # server down instead of keeping persistent connections on a dead one.

@@ -556,7 +556,10 @@ async def test_no_free_outbound_slot_is_a_503_that_is_not_cached(get):
             response = await get(f"/http/web/{upstream.port}/h")
             assert response.code == 503
             assert text(response) == (f"Check of 127.0.0.1:{upstream.port} not run: no free outbound connection "
-                                      "(max_clients=1) within 0.50s")
+                                      "(max_clients=1) within 0.50s\n")
+            # Not the service's state: /recent has seen it, with no status yet.
+            recent = json.loads(text(await get("/recent")))["seen_services"]
+            assert ["web", None] in recent
             await asyncio.gather(*hung)
         assert upstream.requests == []
         response = await get(f"/http/web/{upstream.port}/h")
@@ -573,7 +576,7 @@ async def test_checks_beyond_the_per_target_and_per_client_bounds_are_refused_an
         await asyncio.sleep(0.1)
         response = await get(f"/http/web/{upstream.port}/slow?n=2")
         assert (response.code, text(response)) == (
-            503, f"Not checked: 2 checks of 127.0.0.1:{upstream.port} already in flight (max_checks_per_target=2)")
+            503, f"Not checked: 2 checks of 127.0.0.1:{upstream.port} already in flight (max_checks_per_target=2)\n")
         # The same check as one in flight joins it: no bound applies.
         assert (await get(f"/http/web/{upstream.port}/slow?n=1", headers={"Pragma": "no-cache"})).code == 200
         await asyncio.gather(*slow)
@@ -583,7 +586,7 @@ async def test_checks_beyond_the_per_target_and_per_client_bounds_are_refused_an
         await asyncio.sleep(0.1)
         response = await get(f"/http/web/{other.port}/slow?m=3")
         assert (response.code, text(response)) == (
-            503, "Not checked: client 127.0.0.1 already has 3 checks in flight (max_checks_per_client=3)")
+            503, "Not checked: client 127.0.0.1 already has 3 checks in flight (max_checks_per_client=3)\n")
         await asyncio.gather(*slow)
         assert (await get(f"/http/web/{other.port}/slow?m=3")).code == 200  # the refusal was not cached
 
