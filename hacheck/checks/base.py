@@ -68,7 +68,7 @@ def not_reached(message: str) -> CheckResult:
 
 
 class CheckFailed(Exception):
-    """Raised inside a check to answer with ``result`` (or ``code`` and ``message``) at once."""
+    """Raised inside a check to answer with ``code`` and ``message`` at once."""
 
     def __init__(self, code: int, message: str, is_verdict: bool = True):
         super().__init__(message)
@@ -118,7 +118,7 @@ class Slots:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # woken and cancelled at once: pass the slot on
-            else:
+            elif waiter in self._waiters:  # release() may have dropped it already
                 self._waiters.remove(waiter)
             raise
         if progress is not None:
