@@ -41,11 +41,12 @@ class DaemonState:
     # False with -S: HTTP checks report only the real check; downtimes go through the agent.
     spool_on_http: bool = True
     # Uncached checks in flight per target and per client (max_checks_per_target, max_checks_per_client).
-    in_flight_checks: InFlightChecks = field(default_factory=InFlightChecks)
+    in_flight_checks: InFlightChecks = field(init=False)
     # Repeated warnings of the handlers (refused hosts, refused spool changes, refused checks).
     warnings: ThrottledLog = field(default_factory=lambda: ThrottledLog(logging.getLogger("hacheck.handlers")))
 
     def __post_init__(self) -> None:
+        self.in_flight_checks = InFlightChecks(lambda: self.config)
         self.apply_config(self.config)
 
     def apply_config(self, config: Config) -> None:

@@ -391,11 +391,7 @@ class CheckHandler(PathHandler):
             return result
         client_ip = self.request.remote_ip
         counted = protocol.uses_outbound_slot and not cache.running(key)
-        if counted:
-            refusal = state.in_flight_checks.admit(target, client_ip, config)
-            if refusal is not None:
-                state.warnings.warning("check refused by a bound", "%s: %s", client_ip, refusal)
-                return not_reached(refusal)
+        in_flight = state.in_flight_checks
         started = False
 
         def run():
@@ -403,29 +399,37 @@ class CheckHandler(PathHandler):
             started = True
             # Built only when the check runs: a shared or cached result needs no context.
             context = check_context(protocol, config, state.resources, service, query_string, headers)
-            checked = run_check(protocol.check, target, query if protocol.uses_query else "", context)
+            check = in_flight.bounded_per_target(protocol.check) if counted else protocol.check
+            checked = run_check(check, target, query if protocol.uses_query else "", context)
             timed = state.metrics.time_check(self.protocol, service, checked)
-            return _released_after(timed, state.in_flight_checks, target, client_ip) if counted else timed
+            return _released_after(timed, in_flight, client_ip) if counted else timed
 
         # Counted while waiting: a stop lets these finish, and /status reports them.
         state.requests_in_flight += 1
         try:
-            result = await cache.get_or_run(key, run, bypass=bypass)
+            if counted and not await in_flight.admit_client(client_ip):
+                limit = config.max_checks_per_client
+                refusal = (f"Not checked: client {client_ip} had {limit} checks in flight for "
+                           f"{config.healthcheck_timeout:.2f}s (max_checks_per_client={limit})")
+                state.warnings.warning("check refused by a bound", "%s", refusal)
+                return not_reached(refusal)
+            try:
+                result = await cache.get_or_run(key, run, bypass=bypass)
+            finally:
+                if counted and not started:  # joined a check after all: nothing of this request's to count
+                    in_flight.per_client.release(client_ip)
         finally:
             state.requests_in_flight -= 1
-            if counted and not started:  # joined a check after all: nothing of this request's to count
-                state.in_flight_checks.release(target, client_ip)
         if not result.is_verdict:
             state.warnings.warning("check not run", "check of %s not run: %s", service, result.message)
         return result
 
 
-async def _released_after(check: Awaitable[CheckResult], in_flight: InFlightChecks, target: Target,
-                          client_ip: str) -> CheckResult:
+async def _released_after(check: Awaitable[CheckResult], in_flight: InFlightChecks, client_ip: str) -> CheckResult:
     try:
         return await check
     finally:
-        in_flight.release(target, client_ip)
+        in_flight.per_client.release(client_ip)
 
 
 class StatusHandler(BaseHandler):

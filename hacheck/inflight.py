@@ -1,57 +1,52 @@
-"""Bounds on uncached checks in flight, per target and per client, so no one holds every slot.
+"""Bounds on uncached checks in flight, per client and per target, so no one holds every slot.
 
 Checks that take one of the ``max_clients`` outbound slots are counted from
-the moment a request starts one until it ends, under the target (host, port)
-and the address of the client whose request started it. A request that would
-start one more beyond ``max_checks_per_target`` or ``max_checks_per_client``
-is refused at once (a 503 that is not cached): a flood aimed at one slow
-service, or sent by one client, then leaves slots for everybody else. Joining
-a check already in flight costs nothing and is never refused.
+the moment a request starts one until it ends, under the address of the
+client whose request started it (``max_checks_per_client``) and under the
+target host and port (``max_checks_per_target``). A request over its client's
+bound waits for one of that client's checks to end before it registers any
+check, so nobody else can join a check held up by someone else's bound; a
+check over its target's bound waits inside its own timeout. Either wait
+that lasts the whole ``healthcheck_timeout`` is a 503 that is not cached.
+Joining a check already in flight costs nothing and is never bounded.
 """
 
-from typing import Dict, Hashable, Optional
+import asyncio
+import functools
+from typing import Callable, Dict
 
-from hacheck.checks.base import Target
+from hacheck.checks.base import CheckContext, CheckFunction, CheckResult, KeyedSlots, Target
 from hacheck.config import Config
 
 
 class InFlightChecks:
-    """Counts of uncached checks in flight by target and by client; both tables only hold
-    targets and clients with a check in flight."""
+    """The per-client and per-target slots; the limits are read from the configuration at each use."""
 
-    def __init__(self) -> None:
-        self._per_target: Dict[Hashable, int] = {}
-        self._per_client: Dict[str, int] = {}
+    def __init__(self, config: Callable[[], Config]):
+        self._config = config
+        self.per_client = KeyedSlots(lambda: config().max_checks_per_client)
+        self.per_target = KeyedSlots(lambda: config().max_checks_per_target)
 
-    def admit(self, target: Target, client: str, config: Config) -> Optional[str]:
-        """Count a check about to start; None, or (counting nothing) why it may not start."""
-        target_key = (target.host, target.port)
-        of_target = self._per_target.get(target_key, 0)
-        if of_target >= config.max_checks_per_target:
-            return (f"Not checked: {of_target} checks of {target.host}:{target.port} already in flight "
-                    f"(max_checks_per_target={config.max_checks_per_target})")
-        of_client = self._per_client.get(client, 0)
-        if of_client >= config.max_checks_per_client:
-            return (f"Not checked: client {client} already has {of_client} checks in flight "
-                    f"(max_checks_per_client={config.max_checks_per_client})")
-        self._per_target[target_key] = of_target + 1
-        self._per_client[client] = of_client + 1
-        return None
+    async def admit_client(self, client: str) -> bool:
+        """Take one of ``client``'s slots, waiting at most ``healthcheck_timeout``; False when none came."""
+        if self.per_client.try_acquire(client):
+            return True
+        try:
+            await asyncio.wait_for(self.per_client.acquire(client), self._config().healthcheck_timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
-    def release(self, target: Target, client: str) -> None:
-        """The check counted by ``admit`` has ended."""
-        _decrement(self._per_target, (target.host, target.port))
-        _decrement(self._per_client, client)
+    def bounded_per_target(self, check: CheckFunction) -> CheckFunction:
+        """``check``, run once its target has a slot free (waiting counts against the check's timeout)."""
+        @functools.wraps(check)
+        async def bounded(target: Target, query: str, context: CheckContext) -> CheckResult:
+            what = (f"free check slot for {target.host}:{target.port} "
+                    f"(max_checks_per_target={self._config().max_checks_per_target})")
+            async with self.per_target.held((target.host, target.port), context.progress, what):
+                return await check(target, query, context)
+        return bounded
 
     def stats(self) -> Dict[str, int]:
-        """For ``/status``: how many targets and clients have checks in flight now."""
-        return {"targets": len(self._per_target), "clients": len(self._per_client),
-                "checks": sum(self._per_target.values())}
-
-
-def _decrement(counts: Dict[Hashable, int], key: Hashable) -> None:
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
+        """For ``/status``: uncached checks counted now, and the targets and clients holding or awaiting slots."""
+        return {"checks": self.per_client.in_use(), "targets": len(self.per_target), "clients": len(self.per_client)}

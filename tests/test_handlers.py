@@ -564,31 +564,51 @@ async def test_no_free_outbound_slot_is_a_503_that_is_not_cached(get):
         assert upstream.requests == []
         response = await get(f"/http/web/{upstream.port}/h")
         assert (response.code, upstream.requests) == (200, ["/h"])
+        # Neither this check nor the second hung one (which waited 0.2 s of its 0.5 s) was stored.
         cache = json.loads(text(await get("/status")))["cache"]
-        assert cache["not_stored"] == 1
+        assert cache["not_stored"] == 2
 
 
-@pytest.mark.hacheck_config(max_checks_per_target=2, max_checks_per_client=3)
+@pytest.mark.hacheck_config(max_checks_per_target=2, healthcheck_timeout=5)
 @pytest.mark.gen_test(timeout=20)
-async def test_checks_beyond_the_per_target_and_per_client_bounds_are_refused_and_not_cached(get):
-    async with http_upstream() as upstream, http_upstream() as other:
-        slow = [asyncio.ensure_future(get(f"/http/web/{upstream.port}/slow?n={n}")) for n in range(2)]
-        await asyncio.sleep(0.1)
-        response = await get(f"/http/web/{upstream.port}/slow?n=2")
-        assert (response.code, text(response)) == (
-            503, f"Not checked: 2 checks of 127.0.0.1:{upstream.port} already in flight (max_checks_per_target=2)\n")
-        # The same check as one in flight joins it: no bound applies.
-        assert (await get(f"/http/web/{upstream.port}/slow?n=1", headers={"Pragma": "no-cache"})).code == 200
-        await asyncio.gather(*slow)
+async def test_checks_beyond_the_per_target_bound_wait_for_a_slot(get):
+    async with http_upstream() as upstream:
+        responses = await asyncio.gather(*(get(f"/http/web/{upstream.port}/slow?n={n}") for n in range(5)))
+        assert [response.code for response in responses] == [200] * 5
         assert upstream.max_in_flight == 2
-        slow = [asyncio.ensure_future(get(f"/http/web/{port}/slow?m={n}")) for n, port in
-                enumerate([upstream.port, upstream.port, other.port])]
-        await asyncio.sleep(0.1)
-        response = await get(f"/http/web/{other.port}/slow?m=3")
-        assert (response.code, text(response)) == (
-            503, "Not checked: client 127.0.0.1 already has 3 checks in flight (max_checks_per_client=3)\n")
-        await asyncio.gather(*slow)
-        assert (await get(f"/http/web/{other.port}/slow?m=3")).code == 200  # the refusal was not cached
+
+
+@pytest.mark.hacheck_config(max_checks_per_target=1, healthcheck_timeout=0.5)
+@pytest.mark.gen_test(timeout=20)
+async def test_a_check_that_waited_for_its_targets_bound_is_not_the_services_verdict(get):
+    with silent_listener() as hung_port:
+        first = asyncio.ensure_future(get(f"/http/hung/{hung_port}/first"))
+        await asyncio.sleep(0.05)
+        response = await get(f"/http/hung/{hung_port}/second")
+        assert (await first).code == 503
+    assert response.code == 503
+    assert f"free check slot for 127.0.0.1:{hung_port} (max_checks_per_target=1)" in text(response)
+    cache = json.loads(text(await get("/status")))["cache"]
+    assert (cache["sets"], cache["not_stored"]) == (1, 1)  # the first one timed out on its own: a verdict
+
+
+@pytest.mark.hacheck_config(max_checks_per_client=1, healthcheck_timeout=0.5)
+@pytest.mark.gen_test(timeout=20)
+async def test_a_client_over_its_bound_waits_then_is_refused_and_not_cached(get):
+    async with http_upstream() as upstream:
+        with silent_listener() as hung_port:
+            # The client's one slot: the first hung check from 0 to 0.5 s, the second (asked at
+            # 0.3 s) from 0.5 to 1 s; the check asked at 0.35 s waits behind it past its 0.5 s.
+            hung = [asyncio.ensure_future(get(f"/http/hung/{hung_port}/first"))]
+            await asyncio.sleep(0.3)
+            hung.append(asyncio.ensure_future(get(f"/http/hung/{hung_port}/second")))
+            await asyncio.sleep(0.05)
+            response = await get(f"/http/web/{upstream.port}/h")
+            assert (response.code, text(response)) == (
+                503, "Not checked: client 127.0.0.1 had 1 checks in flight for 0.50s (max_checks_per_client=1)\n")
+            await asyncio.gather(*hung)
+        assert upstream.requests == []
+        assert (await get(f"/http/web/{upstream.port}/h")).code == 200  # the refusal was not cached
 
 
 @pytest.mark.gen_test

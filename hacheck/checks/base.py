@@ -16,7 +16,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Mapping, Optional, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Hashable, Mapping, Optional, Tuple
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.netutil import DefaultLoopResolver, Resolver
@@ -76,16 +76,20 @@ class CheckFailed(Exception):
 
 
 class CheckProgress:
-    """Where a running check is: ``waiting_for`` names hacheck's own resource it waits for, if any.
+    """What a running check waited for of hacheck's own: a slot it is still waiting for
+    (``waiting_for``), or one it got after waiting ``waited`` seconds (``waited_for``).
 
-    When the timeout comes while a check still waits for a slot of its own,
-    the service was never asked, and the answer must not pass for its verdict.
+    When the timeout comes while a check still waits for a slot, the service was
+    never asked; when it comes after the check waited, the service had less than
+    the timeout to answer. Neither answer may pass for the service's verdict.
     """
 
-    __slots__ = ("waiting_for",)
+    __slots__ = ("waiting_for", "waited_for", "waited")
 
     def __init__(self) -> None:
         self.waiting_for: Optional[str] = None
+        self.waited_for: Optional[str] = None
+        self.waited = 0.0
 
 
 class Slots:
@@ -104,13 +108,25 @@ class Slots:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, progress: Optional[CheckProgress] = None, what: str = "") -> None:
-        """Wait for a slot; meanwhile ``progress`` says the check waits for ``what``."""
+    @property
+    def idle(self) -> bool:
+        return self.in_use == 0 and not self._waiters
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now, without waiting."""
         if self.in_use < self._limit() and not self._waiters:
             self.in_use += 1
+            return True
+        return False
+
+    async def acquire(self, progress: Optional[CheckProgress] = None, what: str = "") -> None:
+        """Wait for a slot; meanwhile ``progress`` says the check waits for ``what``."""
+        if self.try_acquire():
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
+        started = loop.time()
         if progress is not None:
             progress.waiting_for = what
         try:
@@ -123,6 +139,8 @@ class Slots:
             raise
         if progress is not None:
             progress.waiting_for = None
+            progress.waited_for = what
+            progress.waited += loop.time() - started
 
     def release(self) -> None:
         self.in_use -= 1
@@ -140,6 +158,58 @@ class Slots:
             yield
         finally:
             self.release()
+
+
+class KeyedSlots:
+    """``Slots`` per key (a target, a client), each with the same limit; only keys in use are kept."""
+
+    def __init__(self, limit: Callable[[], int]):
+        self._limit = limit
+        self._slots: Dict[Hashable, Slots] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def in_use(self) -> int:
+        return sum(slots.in_use for slots in self._slots.values())
+
+    def _slots_of(self, key: Hashable) -> Slots:
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = Slots(self._limit)
+        return slots
+
+    def try_acquire(self, key: Hashable) -> bool:
+        slots = self._slots_of(key)
+        if slots.try_acquire():
+            return True
+        self._forget_if_idle(key, slots)
+        return False
+
+    async def acquire(self, key: Hashable, progress: Optional[CheckProgress] = None, what: str = "") -> None:
+        slots = self._slots_of(key)
+        try:
+            await slots.acquire(progress, what)
+        except asyncio.CancelledError:
+            self._forget_if_idle(key, slots)
+            raise
+
+    def release(self, key: Hashable) -> None:
+        slots = self._slots[key]
+        slots.release()
+        self._forget_if_idle(key, slots)
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: Hashable, progress: Optional[CheckProgress], what: str) -> AsyncIterator[None]:
+        await self.acquire(key, progress, what)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+    def _forget_if_idle(self, key: Hashable, slots: Slots) -> None:
+        if slots.idle and self._slots.get(key) is slots:
+            del self._slots[key]
 
 
 class NumericFirstResolver(Resolver):
@@ -328,10 +398,13 @@ async def run_check(check: CheckFunction, target: Target, query: str, context: C
     except CheckFailed as failed:
         return failed.result
     except asyncio.TimeoutError:
-        waiting_for = context.progress.waiting_for
-        if waiting_for is not None:
-            return not_reached(f"Check of {target.host}:{target.port} not run: no {waiting_for} "
+        progress = context.progress
+        if progress.waiting_for is not None:
+            return not_reached(f"Check of {target.host}:{target.port} not run: no {progress.waiting_for} "
                                f"within {timeout:.2f}s")
+        if progress.waited_for is not None:
+            return not_reached(f"Check of {target.host}:{target.port} timed out after {timeout:.2f}s, "
+                               f"{progress.waited:.2f}s of it waiting for a {progress.waited_for}")
         return CheckResult(503, f"Check timed out after {timeout:.2f}s")
     except (OSError, ssl.SSLError) as err:
         return connect_failure(err, target)

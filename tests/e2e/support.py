@@ -21,12 +21,15 @@ class UpstreamState:
         # Requests being answered now, and the most at once, by path (with its query string).
         self.in_flight = {}
         self.max_in_flight = {}
+        # The most requests at once, whatever their paths.
+        self.max_in_flight_total = 0
         self._lock = threading.Lock()
 
     def _arrived(self, path: str) -> None:
         with self._lock:
             self.in_flight[path] = self.in_flight.get(path, 0) + 1
             self.max_in_flight[path] = max(self.max_in_flight.get(path, 0), self.in_flight[path])
+            self.max_in_flight_total = max(self.max_in_flight_total, sum(self.in_flight.values()))
 
     def _left(self, path: str) -> None:
         with self._lock:

@@ -98,13 +98,10 @@ def test_no_cache_floods_share_one_check_and_leave_slots_for_other_services(hach
         # The slow upstream saw each key at most once at a time, however many asked for it.
         assert max(slow.max_in_flight.values()) == 1, slow.max_in_flight
         assert slow.max_in_flight["/health"] == 1
-        assert 200 in flood_answers
-        # The distinct query strings beyond max_checks_per_target were refused without a check.
-        refused = [status for status in flood_answers if status == 503]
-        assert refused
-        status = json.loads(request(daemon.port, "/status")[1])
-        assert status["cache"]["coalesced"] > 0
-        assert status["cache"]["not_stored"] == 0  # a refusal never became a check
+        assert set(flood_answers) <= {200, 503} and 200 in flood_answers
+        # The distinct query strings ran at most max_checks_per_target (default 4) at a time.
+        assert max(slow.max_in_flight_total, 1) <= 4, slow.max_in_flight_total
+        assert json.loads(request(daemon.port, "/status")[1])["cache"]["coalesced"] > 0
 
 
 def test_cache_and_access_counts_hold_their_caps(hacheck_daemon):
