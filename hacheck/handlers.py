@@ -249,23 +249,11 @@ class PathHandler(BaseHandler):
             self.state.metrics.count_request(self.protocol, self.service, self.get_status())
         return super().finish(chunk)
 
-    def _optional_time(self, name: str) -> Optional[float]:
-        value = self.get_body_argument(name, "").strip()
-        if not value:
-            return None
-        try:
-            number = float(value)
-        except ValueError:
-            raise BadRequest(f"{name} must be a unix time, got {value!r}") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise BadRequest(f"{name} must be a finite unix time, got {value!r}")
-        return number
-
 
 class SpoolHandler(PathHandler):
     """``/spool/<service>/<port>[/<query>]``: the spool alone (GET); POST changes it when allowed."""
 
-    async def get(self) -> None:
+    def get(self) -> None:
         asked = self._service_target_query()
         if asked is None:
             return
@@ -327,6 +315,18 @@ class SpoolHandler(PathHandler):
         log.info("%s set %s%s %s by remote request", client_ip, service,
                  f":{port}" if entry_port else "", status)
         self.answer(200)
+
+    def _optional_time(self, name: str) -> Optional[float]:
+        value = self.get_body_argument(name, "").strip()
+        if not value:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise BadRequest(f"{name} must be a unix time, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise BadRequest(f"{name} must be a finite unix time, got {value!r}")
+        return number
 
 
 class CheckHandler(PathHandler):
