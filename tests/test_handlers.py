@@ -542,18 +542,25 @@ def test_mutornadomon_filter_lets_only_loopback_in(address, allowed):
 # --- answers that are not the service's verdict (never cached) ------------------------------
 
 
+async def behind_two_hung_checks(get, hung_port, path):
+    """``path`` asked while a single slot (healthcheck_timeout 0.5 s) is held by hung checks.
+
+    The first holds it from 0 to 0.5 s, the second (asked at 0.3 s) from 0.5 to 1 s: ``path``,
+    asked at 0.35 s, waits behind them past its own timeout. Returns its answer and the hung ones.
+    """
+    hung = [asyncio.ensure_future(get(f"/http/hung/{hung_port}/first"))]
+    await asyncio.sleep(0.3)
+    hung.append(asyncio.ensure_future(get(f"/http/hung/{hung_port}/second")))
+    await asyncio.sleep(0.05)
+    return await get(path), hung
+
+
 @pytest.mark.hacheck_config(max_clients=1, healthcheck_timeout=0.5, max_checks_per_target=10)
 @pytest.mark.gen_test(timeout=20)
 async def test_no_free_outbound_slot_is_a_503_that_is_not_cached(get):
     async with http_upstream() as upstream:
         with silent_listener() as hung_port:
-            # The first hung check holds the single slot from 0 to 0.5 s, the second (asked at 0.3 s)
-            # from 0.5 to 1 s: the check asked at 0.35 s waits for it until its timeout at 0.85 s.
-            hung = [asyncio.ensure_future(get(f"/http/hung/{hung_port}/first"))]
-            await asyncio.sleep(0.3)
-            hung.append(asyncio.ensure_future(get(f"/http/hung/{hung_port}/second")))
-            await asyncio.sleep(0.05)
-            response = await get(f"/http/web/{upstream.port}/h")
+            response, hung = await behind_two_hung_checks(get, hung_port, f"/http/web/{upstream.port}/h")
             assert response.code == 503
             assert text(response) == (f"Check of 127.0.0.1:{upstream.port} not run: no free outbound connection "
                                       "(max_clients=1) within 0.50s\n")
@@ -597,13 +604,7 @@ async def test_a_check_that_waited_for_its_targets_bound_is_not_the_services_ver
 async def test_a_client_over_its_bound_waits_then_is_refused_and_not_cached(get):
     async with http_upstream() as upstream:
         with silent_listener() as hung_port:
-            # The client's one slot: the first hung check from 0 to 0.5 s, the second (asked at
-            # 0.3 s) from 0.5 to 1 s; the check asked at 0.35 s waits behind it past its 0.5 s.
-            hung = [asyncio.ensure_future(get(f"/http/hung/{hung_port}/first"))]
-            await asyncio.sleep(0.3)
-            hung.append(asyncio.ensure_future(get(f"/http/hung/{hung_port}/second")))
-            await asyncio.sleep(0.05)
-            response = await get(f"/http/web/{upstream.port}/h")
+            response, hung = await behind_two_hung_checks(get, hung_port, f"/http/web/{upstream.port}/h")
             assert (response.code, text(response)) == (
                 503, "Not checked: client 127.0.0.1 had 1 checks in flight for 0.50s (max_checks_per_client=1)\n")
             await asyncio.gather(*hung)
