@@ -12,6 +12,7 @@ import logging
 import re
 from typing import List, Optional, Tuple
 
+from hacheck.names import PORT_PATTERN, SERVICE_PATTERN, InvalidName, check_service_name, parse_port
 from hacheck.spool import ALL, Spool, SpoolError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ MAX_LINE_BYTES = 1024
 # HAProxy keeps a short description (it truncates anyway); keep the answer one small line.
 MAX_REASON_CHARS = 200
 
-_REQUEST = re.compile(r"(?P<service>[.a-zA-Z0-9_-]+)(?:[:/](?P<port>[0-9]{1,5}))?")
+_REQUEST = re.compile(rf"(?P<service>{SERVICE_PATTERN})(?:[:/](?P<port>{PORT_PATTERN}))?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 ANSWER_UP = "up ready"
@@ -45,14 +46,10 @@ def parse_request(line: str) -> Tuple[Optional[str], Optional[int]]:
     if match is None:
         raise BadAgentRequest(f"invalid request {text[:60]!r}: expected SERVICE, SERVICE/PORT or SERVICE:PORT")
     service, port_text = match.group("service"), match.group("port")
-    if service in (".", ".."):
-        raise BadAgentRequest(f"invalid service name {service!r}")
-    if port_text is None:
-        return service, None
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise BadAgentRequest(f"invalid port {port_text} (1-65535)")
-    return service, port
+    try:
+        return check_service_name(service), None if port_text is None else parse_port(port_text)
+    except InvalidName as err:
+        raise BadAgentRequest(str(err)) from None
 
 
 def describe(reason: str) -> str:

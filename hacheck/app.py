@@ -36,6 +36,8 @@ class DaemonState:
     version: str = __version__
     requests_in_flight: int = 0
     tornado_stats: Optional[TornadoStats] = None
+    # Why /mutornadomon is not served, for its 404 (None when it is).
+    tornado_stats_problem: Optional[str] = "the daemon was started without /mutornadomon"
     metrics: Optional[Metrics] = None
     # False with -S: HTTP checks report only the real check; downtimes go through the agent.
     spool_on_http: bool = True
@@ -85,7 +87,7 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
     table = routes(state)
     log_function = _access_log if access_log else None
     if with_mutornadomon:
-        state.tornado_stats = tornado_stats_if_available()
+        state.tornado_stats, state.tornado_stats_problem = tornado_stats_if_available()
     if state.tornado_stats is not None:
         table.append(state.tornado_stats.route())
         log_function = state.tornado_stats.counting_requests(log_function)

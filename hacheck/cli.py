@@ -7,13 +7,10 @@ exit code: 0 success, 1 a failure (or, for hastatus, "something is down"),
 """
 
 import argparse
-import datetime
 import http.client
 import json
-import math
 import os
 import pwd
-import re
 import sys
 import textwrap
 import time
@@ -21,6 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Callable, Dict, List, Optional, Sequence
 
+from hacheck.names import MAX_NAME_BYTES, InvalidName, check_host, check_service_name, parse_port
 from hacheck.spool import (
     ALL,
     DEFAULT_SPOOL_ROOT,
@@ -28,10 +26,13 @@ from hacheck.spool import (
     STATE_DOWN,
     STATE_DRAIN,
     Downtime,
+    InvalidExpiration,
     InvalidServiceName,
     Spool,
     SpoolError,
+    parse_expiration,
     spool_filename,
+    utc_text,
 )
 
 ACTIONS = ("up", "down", "status", "status_downed", "list")
@@ -46,10 +47,7 @@ NOT_HUMAN_MESSAGE = "please use --reason option to tell us who you REALLY are"
 DEFAULT_DAEMON_PORT = 3333
 DAEMON_TIMEOUT = 3.0
 MAX_RECENT_BYTES = 16 * 1024 * 1024
-MAX_FILENAME_BYTES = 255  # NAME_MAX of common Linux file systems
 
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class UsageError(Exception):
@@ -100,12 +98,9 @@ environment:
 
 def _port(text: str) -> int:
     try:
-        port = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
-    return port
+        return parse_port(text)
+    except InvalidName as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentParser:
@@ -165,40 +160,6 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
         help="status, status_downed: print one JSON object per line instead of text",
     )
     return parser
-
-
-def parse_expiration(text: str, now: Optional[float] = None) -> float:
-    """A unix time from ``-e``: a unix time, or now plus a duration such as 90s, 30m, 2h, 1d."""
-    now = time.time() if now is None else now
-    text = text.strip()
-    duration = _DURATION.fullmatch(text)
-    if duration:
-        seconds = float(duration.group(1)) * _DURATION_UNITS[duration.group(2)]
-        if seconds <= 0:
-            raise UsageError(f"expiration {text!r}: a duration must be longer than zero")
-        return now + seconds
-    try:
-        expiration = float(text)
-    except ValueError:
-        raise UsageError(
-            f"expiration {text!r} is neither a unix time nor a duration such as 90s, 30m, 2h or 1d"
-        ) from None
-    if not math.isfinite(expiration):
-        raise UsageError(f"expiration {text!r} is not a time")
-    if expiration <= now:
-        raise UsageError(
-            f"expiration {text} ({_utc(expiration)}) is in the past; "
-            f"for a duration write a unit, e.g. {text}s"
-        )
-    return expiration
-
-
-def _utc(timestamp: float) -> str:
-    try:
-        moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return "out of range"
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # ---------------------------------------------------------------- output
@@ -279,7 +240,16 @@ def default_reason() -> Optional[str]:
 def action_down(prog: str, spool: Spool, options) -> int:
     if options.service_port is not None and ALL in options.services:
         raise UsageError("'all' takes the whole machine down and cannot be limited to a port")
-    expiration = None if options.expiration is None else parse_expiration(options.expiration)
+    expiration = None
+    if options.expiration is not None:
+        try:
+            expiration = parse_expiration(options.expiration)
+        except InvalidExpiration as err:
+            raise UsageError(str(err)) from None
+        if expiration <= time.time():
+            # Scripts that run late rely on this: the downtime is written, already over.
+            _note(prog, f"warning: expiration {options.expiration.strip()} ({utc_text(expiration)}) is already "
+                        "past: the downtime is written expired and the service stays up")
     reason = options.reason or default_reason()
     if reason is None:
         _say(NOT_HUMAN_MESSAGE)
@@ -402,14 +372,23 @@ def _check_usage(action: str, options) -> None:
         raise UsageError("--drain only applies to down")
 
 
-def _check_names(options) -> None:
-    """Refuse every bad name before touching the spool, so nothing is half done."""
+def _check_names(action: str, options) -> None:
+    """Refuse every bad name before touching the spool, so nothing is half done.
+
+    ``down`` writes only what a check URL or an agent request can name; the other
+    actions also take the names of older spool files, so those can be shown and removed.
+    """
+    if action == "down":
+        for service in options.services:
+            check_service_name(service)
+        if options.service_host is not None:
+            check_host(options.service_host)
     for service in options.services:
         try:
             filename = spool_filename(service, options.service_port, options.service_host)
         except InvalidServiceName as err:
             raise InvalidServiceName(f"{err} (names are files in the spool directory)") from None
-        if len(os.fsencode(filename)) > MAX_FILENAME_BYTES:
+        if len(os.fsencode(filename)) > MAX_NAME_BYTES:
             raise InvalidServiceName(f"invalid service name {service[:40] + '...'!r}: too long for a spool file name")
 
 
@@ -426,7 +405,7 @@ def run(prog: str, action: Optional[str], argv: Optional[Sequence[str]] = None) 
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         _check_usage(action, options)
-        _check_names(options)
+        _check_names(action, options)
         return ACTION_FUNCTIONS[action](prog, Spool(options.spool_root), options)
     except UsageError as err:
         parser.print_usage(sys.stderr)

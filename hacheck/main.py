@@ -20,6 +20,7 @@ from hacheck import __version__, metrics, systemd
 from hacheck.agent import AgentServer
 from hacheck.app import make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
+from hacheck.names import InvalidName, parse_port
 from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
 
 log = logging.getLogger("hacheck")
@@ -69,9 +70,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r} (1-65535)")
-    return int(text)
+    try:
+        return parse_port(text)
+    except InvalidName as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive(text: str) -> int:
