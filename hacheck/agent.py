@@ -12,8 +12,10 @@ import logging
 import re
 from typing import List, Optional, Tuple
 
+from hacheck.activity import Activity
 from hacheck.names import PORT_PATTERN, SERVICE_PATTERN, InvalidName, check_service_name, parse_port
 from hacheck.spool import ALL, Spool, SpoolError
+from hacheck.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 ANSWER_UP = "up ready"
 ANSWER_DOWN = "maint"
 ANSWER_DRAIN = "drain"
+
+# How agent requests are counted (the protocol label, and the code /spool would answer for each word).
+AGENT_PROTOCOL = "agent"
+ANSWER_CODES = {"up": 200, ANSWER_DOWN: 503, ANSWER_DRAIN: 404}
+BAD_REQUEST_CODE = 400
 
 
 class BadAgentRequest(ValueError):
@@ -79,9 +86,14 @@ def _find_all(spool: Spool):
 class AgentServer:
     """Serves the agent protocol on already bound listening sockets (one per worker, like HTTP)."""
 
-    def __init__(self, spool: Spool, read_timeout: float = DEFAULT_READ_TIMEOUT):
+    def __init__(self, spool: Spool, read_timeout: float = DEFAULT_READ_TIMEOUT,
+                 activity: Optional[Activity] = None, metrics=None, warnings: Optional[ThrottledLog] = None):
+        """``activity`` and ``metrics`` (the daemon's) count each request as HTTP checks are counted."""
         self.spool = spool
         self.read_timeout = read_timeout
+        self.activity = activity
+        self.metrics = metrics
+        self.warnings = warnings or ThrottledLog(log)
         self._servers: List[asyncio.AbstractServer] = []
         self._connections = set()
 
@@ -119,22 +131,35 @@ class AgentServer:
         request, problem = await self._read_request(reader)
         if problem is not None:
             log.debug("agent request from %s refused: %s", peer, problem)
+            self._count(peer, None, BAD_REQUEST_CODE)
             return f"#hacheck: {problem}"
         try:
             line = request.decode("ascii")
             service, port = parse_request(line)
         except UnicodeDecodeError:
+            self._count(peer, None, BAD_REQUEST_CODE)
             return "#hacheck: invalid request: not ASCII"
         except BadAgentRequest as err:
             log.debug("agent request from %s refused: %s", peer, err)
+            self._count(peer, None, BAD_REQUEST_CODE)
             return f"#hacheck: {describe(str(err))}"
         try:
             answer = answer_for(self.spool, service, port)
         except SpoolError as err:
-            log.error("agent: %s", err)
-            return f"#hacheck: {describe(str(err))}"
+            # As the HTTP checks answer 503: nobody can tell whether the service is down.
+            self.warnings.error("agent spool unreadable", "agent: %s: every agent request answers maint", err)
+            answer = f"{ANSWER_DOWN} #hacheck: {describe(str(err))}"
         log.debug("agent %s asked %r: %s", peer, line.strip(), answer)
+        self._count(peer, service, ANSWER_CODES[answer.split(" ", 1)[0]])
         return answer
+
+    def _count(self, peer, service: Optional[str], code: int) -> None:
+        """One request in /recent, /status/count and /metrics, with the code /spool would have answered."""
+        if self.metrics is not None:
+            self.metrics.count_request(AGENT_PROTOCOL, service or "", code)
+        if self.activity is not None and service is not None:
+            client_ip = peer[0] if isinstance(peer, tuple) and peer else ""
+            self.activity.record(service, client_ip, code)
 
     async def _read_request(self, reader: asyncio.StreamReader) -> Tuple[bytes, Optional[str]]:
         """The first line (without its newline), or what came before EOF or the read timeout.

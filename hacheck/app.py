@@ -10,6 +10,7 @@ import tornado.web
 
 from hacheck import __version__
 from hacheck.activity import Activity
+from hacheck.agent import AGENT_PROTOCOL
 from hacheck.cache import CheckCache
 from hacheck.checks import REGISTRY
 from hacheck.checks.base import SharedResources
@@ -17,6 +18,7 @@ from hacheck.config import Config
 from hacheck.handlers import NotFoundHandler, routes
 from hacheck.metrics import Metrics
 from hacheck.spool import Spool
+from hacheck.throttled_log import ThrottledLog
 from hacheck.tornado_stats import TornadoStats, tornado_stats_if_available
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,12 @@ class DaemonState:
     metrics: Optional[Metrics] = None
     # False with -S: HTTP checks report only the real check; downtimes go through the agent.
     spool_on_http: bool = True
+    # Warnings that may repeat with every request, logged at most once per log_repeat_interval.
+    warnings: Optional[ThrottledLog] = None
+
+    def __post_init__(self) -> None:
+        if self.warnings is None:
+            self.warnings = ThrottledLog(log, self.config.log_repeat_interval)
 
     def close(self) -> None:
         if self.tornado_stats is not None:
@@ -72,7 +80,8 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
     ``with_mutornadomon`` needs a current IOLoop (it starts a periodic callback).
     ``spool_on_http=False`` (``-S``) makes check routes other than /spool ignore downtimes.
     """
-    metrics = Metrics(spool, REGISTRY, per_service=config.metrics_per_service)
+    metrics = Metrics(spool, REGISTRY, per_service=config.metrics_per_service,
+                      request_only_protocols=[AGENT_PROTOCOL])
     state = DaemonState(
         config=config,
         spool=spool,

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Callable, Dict, List, Optional, Sequence
 
-from hacheck.names import MAX_NAME_BYTES, InvalidName, check_host, check_service_name, parse_port
+from hacheck.names import MAX_NAME_BYTES, SERVICE_CHARACTERS, InvalidName, check_host, check_service_name, parse_port
 from hacheck.spool import (
     ALL,
     DEFAULT_SPOOL_ROOT,
@@ -82,7 +82,8 @@ output lines:
       downtimes, SERVICE reads SERVICE:HOST:PORT (HOST empty for 127.0.0.1).
   SERVICE last_response=JSON          (list)
   --json: one JSON object per line with status, service, host, port,
-      reason, creation, expiration and state ("down", "drain"; null when up).
+      reason, creation, expiration and state ("down", "drain"; null when up);
+      for list, with service and last_response.
 
 exit codes:
   0 success (status: everything asked about is up)
@@ -120,7 +121,8 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument(
         "services", nargs="*", metavar="SERVICE",
         help="service names (up, down and status need at least one; "
-             "status_downed and list take none); 'all' means the whole machine",
+             "status_downed and list take none); 'all' means the whole machine. "
+             f"down takes only names a check URL can hold: {SERVICE_CHARACTERS}",
     )
     parser.add_argument(
         "--spool-root", metavar="DIR", default=DEFAULT_SPOOL_ROOT,
@@ -134,7 +136,8 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument(
         "-e", "--expiration", metavar="WHEN",
         help="down: when the downtime ends, as a unix time (1767225600) or a "
-             "duration from now (90s, 30m, 2h, 1d); default: never",
+             "duration from now (90s, 30m, 2h, 1d); default: never. A unix time "
+             "already past writes an expired downtime (the service stays up) and warns",
     )
     parser.add_argument(
         "-P", "--service-port", metavar="PORT", type=_port,
@@ -143,7 +146,8 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument(
         "-H", "--service-host", metavar="HOST",
         help="with -P: only the service on this host and port "
-             "(as the daemon sees it from X-Nerve-Check-IP / HAProxy's address)",
+             "(as the daemon sees it from X-Nerve-Check-IP / HAProxy's address): "
+             "an IP address or a host name",
     )
     parser.add_argument(
         "-p", "--port", metavar="PORT", type=_port, default=DEFAULT_DAEMON_PORT,
@@ -157,7 +161,7 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     )
     parser.add_argument(
         "--json", action="store_true",
-        help="status, status_downed: print one JSON object per line instead of text",
+        help="status, status_downed, list: print one JSON object per line instead of text",
     )
     return parser
 
@@ -346,7 +350,10 @@ def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
 
 def action_list(prog: str, spool: Spool, options) -> int:
     for service, last_response in fetch_recent(options.port):
-        _say(f"{_printable(service)} last_response={json.dumps(last_response)}")
+        if options.json:
+            _say(json.dumps({"service": service, "last_response": last_response}))
+        else:
+            _say(f"{_printable(service)} last_response={json.dumps(last_response)}")
     return 0
 
 
@@ -366,8 +373,8 @@ def _check_usage(action: str, options) -> None:
         raise UsageError(f"{action} needs at least one service name")
     if action in ("status_downed", "list") and options.services:
         raise UsageError(f"{action} takes no service names")
-    if options.json and action not in ("status", "status_downed"):
-        raise UsageError("--json only applies to status and status_downed")
+    if options.json and action not in ("status", "status_downed", "list"):
+        raise UsageError("--json only applies to status, status_downed and list")
     if options.drain and action != "down":
         raise UsageError("--drain only applies to down")
 

@@ -259,9 +259,16 @@ class CheckHandler(BaseHandler):
         found = None
         # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
         if state.spool_on_http or is_spool:
-            found = state.spool.find_downtime(
-                service, port=target.port, host=None if target.host == LOCALHOST else target.host
-            )
+            try:
+                found = state.spool.find_downtime(
+                    service, port=target.port, host=None if target.host == LOCALHOST else target.host
+                )
+            except SpoolError as err:
+                # Nobody can tell whether the service is down: the safe answer is down, saying why.
+                state.warnings.error("spool unreadable", "%s: every check answers 503", err)
+                state.activity.record(service, client_ip, 503)
+                self.answer(503, f"Cannot tell whether {service} is down: {err}\n")
+                return
         if found is not None and not found[1].is_drain:
             code, message = 503, down_message(*found)
         elif is_spool:

@@ -322,10 +322,15 @@ class Spool:
         return self._read_file(self.path(service, port, host))
 
     def _read_file(self, path: str) -> Optional[Downtime]:
+        """The downtime in ``path``; None when there is none; SpoolError when the spool root cannot be read."""
         try:
             # Only regular files are opened: opening a FIFO would block the
             # daemon until a writer came, and a device could be anything.
-            mode = os.stat(path).st_mode
+            try:
+                mode = os.stat(path).st_mode
+            except (PermissionError, NotADirectoryError) as err:
+                # Whether a file is there depends only on the directory: the whole spool is unreadable.
+                raise SpoolError(f"cannot read spool directory {self.root}: {err.strerror}") from None
             if not stat.S_ISREG(mode):
                 kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
                 return Downtime(reason=f"unreadable spool entry: {kind}")
@@ -338,6 +343,8 @@ class Spool:
             if _is_symlink(path):  # a dangling symlink is still an entry
                 return Downtime(reason="unreadable spool entry: broken symbolic link")
             return None
+        except SpoolError:
+            raise  # an OSError too, but about the whole spool, not this entry
         except OSError as err:
             if err.errno == errno.ENAMETOOLONG:  # no file can have this name
                 return None
