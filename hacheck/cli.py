@@ -49,7 +49,6 @@ DAEMON_TIMEOUT = 3.0
 MAX_RECENT_BYTES = 16 * 1024 * 1024
 
 
-
 class UsageError(Exception):
     """Bad flags or arguments: exit 2."""
 
