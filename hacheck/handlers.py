@@ -50,7 +50,6 @@ NERVE_CHECK_IP_HEADER = "X-Nerve-Check-IP"
 _TARGET_HEADER_NAMES = frozenset(tornado.httputil.HTTPHeaders({SERVER_STATE_HEADER: "", NERVE_CHECK_IP_HEADER: ""}))
 
 
-
 def sentence(message: str) -> str:
     """A message as the first words of an answer: capitalised."""
     return message[:1].upper() + message[1:]
