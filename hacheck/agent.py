@@ -13,6 +13,7 @@ import re
 from typing import List, Optional, Tuple
 
 from hacheck.activity import Activity
+from hacheck.metrics import Metrics
 from hacheck.names import PORT_PATTERN, SERVICE_PATTERN, InvalidName, check_service_name, parse_port
 from hacheck.spool import ALL, Spool, SpoolError
 from hacheck.throttled_log import ThrottledLog
@@ -87,7 +88,8 @@ class AgentServer:
     """Serves the agent protocol on already bound listening sockets (one per worker, like HTTP)."""
 
     def __init__(self, spool: Spool, read_timeout: float = DEFAULT_READ_TIMEOUT,
-                 activity: Optional[Activity] = None, metrics=None, warnings: Optional[ThrottledLog] = None):
+                 activity: Optional[Activity] = None, metrics: Optional[Metrics] = None,
+                 warnings: Optional[ThrottledLog] = None):
         """``activity`` and ``metrics`` (the daemon's) count each request as HTTP checks are counted."""
         self.spool = spool
         self.read_timeout = read_timeout
