@@ -108,6 +108,24 @@ def test_http_check_without_an_answer_records_599_and_answers_503(daemon):
     assert listed["refused"]["code"] == 599 and listed["silent"]["code"] == 599
 
 
+# ---------------------------------------------------------------- 3: names hadown refuses
+
+def test_names_no_check_can_match_are_refused_and_older_files_still_count(daemon):
+    result = subprocess.run(tool_argv("hadown") + ["--spool-root", daemon.spool_root, "-r", "x", "web app"],
+                            capture_output=True, text=True, timeout=30, env=tool_env())
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "hadown: error: invalid service name 'web app': use only letters, digits, '.', '_' " \
+                            "and '-'\n"
+    downtimes = samples(daemon, "hacheck_downtimes")[(("kind", "service"), ("state", "down"))]
+    with open(os.path.join(daemon.spool_root, "old name"), "w") as older:  # written by an older hadown
+        older.write('{"reason": "old", "expiration": null, "creation": 1.0}')
+    try:
+        assert samples(daemon, "hacheck_downtimes")[(("kind", "service"), ("state", "down"))] == downtimes + 1
+        assert "DOWN\tinf\told name\told" in operator_tool("hashowdowned", daemon.spool_root)
+    finally:
+        operator_tool("haup", daemon.spool_root, "old name")
+
+
 # ---------------------------------------------------------------- 4: what a wrong URL says
 
 def test_wrong_urls_say_what_is_wrong(daemon):
