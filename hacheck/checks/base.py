@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 HTTP_MAX_BUFFER_BYTES = 256 * 1024
 
 
+# The code Tornado's HTTP client gives a request that got no answer (refused, timed out, cut off).
+# An HTTP check records it as its own code, as the original did; the response is a 503 (HTTP knows no 599).
+NO_ANSWER = 599
+# What a check that got no answer in time records unless it declares another ``no_answer_code``.
+DEFAULT_NO_ANSWER_CODE = 503
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a check connects: the host (127.0.0.1 unless a header said otherwise) and port."""
@@ -341,12 +348,13 @@ class CheckContext:
 CheckFunction = Callable[[Target, str, CheckContext], Awaitable[CheckResult]]
 
 
-def connect_failure(err: BaseException, target: Target) -> CheckResult:
-    """The 503 for a failed connection; hacheck's own lack of descriptors is not the service's verdict."""
+def connect_failure(err: BaseException, target: Target, code: int = DEFAULT_NO_ANSWER_CODE) -> CheckResult:
+    """``code`` (503) for a failed connection; hacheck's own lack of descriptors is a 503 that is not
+    the service's verdict."""
     if isinstance(err, OSError) and err.errno in OWN_RESOURCE_ERRNOS:
         return not_reached(f"hacheck could not connect to {target.host}:{target.port}: {err.strerror} "
                            "(hacheck's own limit; the service was not asked)")
-    return CheckResult(503, describe_connect_error(err, target))
+    return CheckResult(code, describe_connect_error(err, target))
 
 
 def describe_connect_error(err: BaseException, target: Target) -> str:
@@ -392,6 +400,7 @@ async def close_quietly(writer: asyncio.StreamWriter) -> None:
 async def run_check(check: CheckFunction, target: Target, query: str, context: CheckContext) -> CheckResult:
     """Run a check within ``healthcheck_timeout``; never raises."""
     timeout = context.timeout
+    no_answer_code = getattr(check, "no_answer_code", DEFAULT_NO_ANSWER_CODE)
     started = time.monotonic()
     try:
         return await asyncio.wait_for(check(target, query, context), timeout)
@@ -405,9 +414,9 @@ async def run_check(check: CheckFunction, target: Target, query: str, context: C
         if progress.waited_for is not None:
             return not_reached(f"Check of {target.host}:{target.port} timed out after {timeout:.2f}s, "
                                f"{progress.waited:.2f}s of it waiting for a {progress.waited_for}")
-        return CheckResult(503, f"Check timed out after {timeout:.2f}s")
+        return CheckResult(no_answer_code, f"Check timed out after {timeout:.2f}s")
     except (OSError, ssl.SSLError) as err:
-        return connect_failure(err, target)
+        return connect_failure(err, target, no_answer_code)
     except asyncio.CancelledError:
         raise
     except Exception as err:  # a bug in a check must not take the daemon down

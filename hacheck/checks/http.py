@@ -2,7 +2,8 @@
 
 `https` is the same request over TLS (``fetch`` takes the scheme). Redirects
 are not followed: a 3xx is the answer. An upstream that refuses, hangs up or
-stays silent is a 503 whose message says which.
+stays silent is a 599 (Tornado's code for "no answer", which the original
+recorded as the last status; the response itself is a 503) whose message says which.
 """
 
 import asyncio
@@ -15,7 +16,7 @@ from tornado.httputil import HTTPHeaders, HTTPInputError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from hacheck import __version__
-from hacheck.checks.base import CheckContext, CheckResult, Target, connect_failure
+from hacheck.checks.base import NO_ANSWER, CheckContext, CheckResult, Target, connect_failure
 from hacheck.config import Config
 
 USER_AGENT = f"hastate {__version__}"
@@ -31,6 +32,9 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 async def check(target: Target, query: str, context: CheckContext) -> CheckResult:
     return await fetch("http", target, query, context)
+
+
+check.no_answer_code = NO_ANSWER
 
 
 async def fetch(scheme: str, target: Target, query: str, context: CheckContext) -> CheckResult:
@@ -55,8 +59,8 @@ async def fetch(scheme: str, target: Target, query: str, context: CheckContext) 
         response = await asyncio.shield(pending)
     except (HTTPClientError, OSError) as err:
         if isinstance(err, OSError) and not body.too_large:
-            return connect_failure(err, target)
-        return CheckResult(503, _failure_message(err, url, target, body, context))
+            return connect_failure(err, target, NO_ANSWER)
+        return CheckResult(NO_ANSWER, _failure_message(err, url, target, body, context))
     return CheckResult(response.code, body.text())
 
 
