@@ -21,8 +21,8 @@ from hacheck.agent import AgentServer
 from hacheck.app import make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
 from hacheck.connections import ConnectionLimits, throttle_tornado_connection_lines
+from hacheck.names import InvalidName, parse_port
 from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
-from hacheck.throttled_log import ThrottledLog
 
 log = logging.getLogger("hacheck")
 
@@ -36,6 +36,7 @@ STOP_GRACE = 1.0
 # Tornado's default of 128 overflows when many checks arrive at once, and an
 # overflowed connection waits seconds for a SYN-ACK retransmission.
 LISTEN_BACKLOG = 4096
+DEFAULT_BIND_ADDRESS = "0.0.0.0"
 
 
 class StartupError(Exception):
@@ -47,7 +48,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("-c", "--config-file", help="YAML configuration file")
     parser.add_argument("-p", "--port", type=_port, action="append", dest="ports",
                         help="port to listen on; may be repeated (default 3333)")
-    parser.add_argument("-B", "--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("-B", "--bind-address", action="append", dest="bind_addresses", metavar="ADDRESS",
+                        help=f"address to listen on; may be repeated, e.g. -B 127.0.0.1 -B ::1 "
+                             f"(default {DEFAULT_BIND_ADDRESS})")
     parser.add_argument("--spool-root", default=DEFAULT_SPOOL_ROOT,
                         help=f"spool directory (default {DEFAULT_SPOOL_ROOT})")
     parser.add_argument("-n", "--num-procs", type=_positive, default=1,
@@ -63,6 +66,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.ports:
         args.ports = [3333]
+    args.bind_addresses = list(dict.fromkeys(args.bind_addresses or [DEFAULT_BIND_ADDRESS]))
     args.agent_ports = list(dict.fromkeys(args.agent_ports))
     shared = sorted(set(args.agent_ports) & set(args.ports))
     if shared:
@@ -71,9 +75,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r} (1-65535)")
-    return int(text)
+    try:
+        return parse_port(text)
+    except InvalidName as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive(text: str) -> int:
@@ -121,30 +126,31 @@ def apply_rlimit(config: Config) -> None:
 
 
 def bind(args: argparse.Namespace, reuse_port: bool) -> list:
-    sockets = []
-    for port in args.ports:
-        try:
-            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port,
-                                                    backlog=LISTEN_BACKLOG)
-        except OSError as err:
-            for sock in sockets:
-                sock.close()
-            raise StartupError(f"cannot listen on {args.bind_address}:{port}: {err.strerror}") from None
-    return sockets
+    """The HTTP ports' listening sockets, on every ``-B`` address."""
+    return _bind_all(args.ports, args.bind_addresses, reuse_port, "", backlog=LISTEN_BACKLOG)
 
 
 def bind_agent(args: argparse.Namespace, reuse_port: bool) -> list:
-    """The agent ports' listening sockets (same address as HTTP)."""
+    """The agent ports' listening sockets (same addresses as HTTP)."""
+    return _bind_all(args.agent_ports, args.bind_addresses, reuse_port, " (agent)", backlog=LISTEN_BACKLOG)
+
+
+def _bind_all(ports: List[int], addresses: List[str], reuse_port: bool, what: str, **options) -> list:
+    """Every port on every address; a StartupError naming the first that fails (nothing stays bound)."""
     sockets = []
-    for port in args.agent_ports:
-        try:
-            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port,
-                                                    backlog=LISTEN_BACKLOG)
-        except OSError as err:
-            for sock in sockets:
-                sock.close()
-            raise StartupError(f"cannot listen on {args.bind_address}:{port} (agent): {err.strerror}") from None
+    for address in addresses:
+        for port in ports:
+            try:
+                sockets += tornado.netutil.bind_sockets(port, address, reuse_port=reuse_port, **options)
+            except OSError as err:
+                for sock in sockets:
+                    sock.close()
+                raise StartupError(f"cannot listen on {_host_port(address, port)}{what}: {err.strerror}") from None
     return sockets
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, reuse_port: bool,
@@ -165,19 +171,20 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
                    with_mutornadomon=True, spool_on_http=args.spool_on_http)
     state = app.settings["hacheck_state"]
-    warnings = ThrottledLog(log, interval=config.log_repeat_interval)
-    throttle_tornado_connection_lines(warnings)
-    server = hacheck.server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=warnings,
+    throttle_tornado_connection_lines(state.warnings)
+    server = hacheck.server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=state.warnings,
                                        xheaders=False)
     server.add_sockets(sockets)
-    agent = AgentServer(state.spool, warnings=warnings, max_reason_chars=config.max_reason_chars)
+    agent = AgentServer(state.spool, activity=state.activity, metrics=state.metrics, warnings=state.warnings,
+                        max_reason_chars=config.max_reason_chars)
     await agent.start(agent_sockets)
     if args.agent_ports:
-        log.info("agent-check answers on %s port %s%s", args.bind_address, ",".join(map(str, args.agent_ports)),
+        log.info("agent-check answers on %s port %s%s", ",".join(args.bind_addresses),
+                 ",".join(map(str, args.agent_ports)),
                  "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
     elif not args.spool_on_http:
         log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
-    log.info("hacheck %s listening on %s port %s (pid %d)", __version__, args.bind_address,
+    log.info("hacheck %s listening on %s port %s (pid %d)", __version__, ",".join(args.bind_addresses),
              ",".join(map(str, args.ports)), os.getpid())
     # Garbage collection's full passes stop the event loop for as long as they take: with a
     # thousand checks in flight that was 50-100 ms, several times a second, and every request
@@ -217,7 +224,9 @@ def run_worker(args, config, own_ips, reuse_port: bool, on_ready, supervisor_pid
         asyncio.run(serve(args, config, own_ips, reuse_port, on_ready, supervisor_pid))
     except StartupError as err:
         log.error("%s", err)
-        sys.stderr.write(f"hacheck: {err}\n")
+        if config.log_path not in ("stdout", "stderr"):
+            # The log is a file: say it also where the person starting the daemon looks.
+            sys.stderr.write(f"hacheck: {err}\n")
         return 1
     return 0
 
