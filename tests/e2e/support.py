@@ -74,6 +74,21 @@ def threaded_upstream(host: str = "127.0.0.1") -> Iterator[tuple]:
         server.server_close()
 
 
+def ask_agent(port: int, line: bytes) -> bytes:
+    """Send ``line`` to the agent port; its one-line answer (with the newline)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(line)
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
 def operator_tool(name, spool_root, *args):
     """Run the real operator tool ``name`` (``hadown``, ``haup``, ...) on ``spool_root``; returns its output."""
     result = subprocess.run(tool_argv(name) + ["--spool-root", spool_root] + list(args),

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import raw_exchange, unused_port
 from tests.e2e.misbehaving_support import LatencyProbe, raise_open_files_limit
-from tests.e2e.support import operator_tool
+from tests.e2e.support import ask_agent, operator_tool
 
 # Time on top of a bound for a close to reach the client on a busy shared machine.
 SLACK = 2.0
@@ -270,18 +270,6 @@ def test_agent_port_out_of_descriptors_logs_a_line_and_answers_once_they_free_up
 # --- the spool: links and long reasons ----------------------------------------------------
 
 
-def agent_answer(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.sendall(request)
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = client.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    return answer
-
-
 def test_a_link_in_the_spool_is_down_without_showing_what_it_points_to(tmp_path, hacheck_daemon):
     secret = tmp_path / "hacheck.yaml"
     secret.write_text("mysql_password: hunter2-not-for-clients\n")
@@ -290,7 +278,7 @@ def test_a_link_in_the_spool_is_down_without_showing_what_it_points_to(tmp_path,
     os.symlink(secret, os.path.join(daemon.spool_root, "web"))
     status, body, _ = daemon.get("/spool/web/80")
     assert (status, body) == (503, "Service web in down state: unreadable spool entry: not a regular file")
-    assert agent_answer(agent_port, b"web\n") == b"maint #unreadable spool entry: not a regular file\n"
+    assert ask_agent(agent_port, b"web\n") == b"maint #unreadable spool entry: not a regular file\n"
     listed = operator_tool("hashowdowned", daemon.spool_root)
     assert "web\tunreadable spool entry: not a regular file" in listed and "hunter2" not in listed
 
@@ -304,7 +292,7 @@ def test_reasons_are_cut_for_clients_and_shown_whole_by_the_tools(hacheck_daemon
     assert status == 503
     shown = reason[:37] + "..."
     assert body.endswith(f": {shown}"), body
-    assert agent_answer(agent_port, b"web\n") == f"maint #{shown}\n".encode()
+    assert ask_agent(agent_port, b"web\n") == f"maint #{shown}\n".encode()
     assert reason in operator_tool("hashowdowned", daemon.spool_root)
 
 

@@ -18,7 +18,7 @@ from hacheck.checks import REGISTRY
 from hacheck.handlers import ROUTE_NAMES
 from hacheck.spool import Spool
 from tests.conftest import REPO_ROOT, http_request, start_hacheck, tool_argv, tool_env, unused_port
-from tests.e2e.support import operator_tool
+from tests.e2e.support import ask_agent, operator_tool
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -34,18 +34,6 @@ def daemon(tmp_path_factory):
         yield running
     finally:
         running.stop()
-
-
-def ask_agent(port: int, line: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        connection.sendall(line)
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = connection.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    return answer
 
 
 def last_status(daemon, service: str):
