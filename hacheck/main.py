@@ -226,6 +226,8 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
         orphan_watch.start()
     await stop.wait()
     log.info("stopping: no new connections, waiting for %d request(s) in flight", state.requests_in_flight)
+    # Closes this process's descriptors only (never shutdown()): a socket systemd handed over stays
+    # open there, and connections arriving meanwhile wait in its backlog for the next process.
     server.stop()
     agent.stop()
     # The bound on stopping: healthcheck_timeout (of the running configuration) plus a little.

@@ -207,3 +207,27 @@ def test_check_config_refuses_an_invalid_file_in_one_line(tmp_path, content, key
     code, out, err = check_config("-c", str(config))
     assert (code, out, len(err)) == (1, [], 1)
     assert key in err[0] and str(config) in err[0]
+
+
+def test_stopping_is_bounded_by_the_reloaded_healthcheck_timeout(hacheck_daemon, tmp_path):
+    config = tmp_path / "hacheck.yaml"
+    write_config(config, healthcheck_timeout=60)
+    with threaded_upstream() as (upstream_port, upstream):
+        upstream.delay = 30
+        daemon = hacheck_daemon(config=str(config))
+        write_config(config, healthcheck_timeout=1)
+        os.kill(daemon.pid, signal.SIGHUP)
+        assert wait_for_line(daemon.output, "reloaded")
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=WAIT) as connection:
+            connection.sendall(f"GET /http/web/{upstream_port}/slow HTTP/1.0\r\n\r\n".encode())
+            deadline = time.monotonic() + WAIT
+            while not upstream.requests and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert upstream.requests, "the check never reached the upstream"
+            stopped_at = time.monotonic()
+            daemon.process.send_signal(signal.SIGTERM)
+            # The check in flight ends with the new timeout and is answered before the process exits.
+            assert connection.makefile("rb").readline().startswith(b"HTTP/1.1 503")
+            daemon.process.wait(WAIT)
+        assert time.monotonic() - stopped_at < 10  # healthcheck_timeout + at most 6 s, not 60 s
+        assert daemon.process.returncode == 0
