@@ -18,11 +18,29 @@ import tornado.httputil
 import tornado.web
 
 from hacheck.checks import QUERY_REQUIRED, REGISTRY, CheckContext, Target, run_check
-from hacheck.spool import LOCALHOST, STATE_DOWN, STATE_DRAIN, Downtime, SpoolError, spool_filename
+from hacheck.names import (
+    MAX_NAME_BYTES,
+    PORT_PATTERN,
+    SERVICE_CHARACTERS,
+    SERVICE_PATTERN,
+    InvalidName,
+    check_service_name,
+    is_host,
+    parse_port,
+)
+from hacheck.spool import (
+    LOCALHOST,
+    STATE_DOWN,
+    STATE_DRAIN,
+    Downtime,
+    InvalidExpiration,
+    SpoolError,
+    parse_expiration,
+    spool_filename,
+)
 
 log = logging.getLogger(__name__)
 
-SERVICE_PATTERN = r"[.a-zA-Z0-9_-]+"
 DEFAULT_RECENT_THRESHOLD = 600
 
 # The headers that may name another host (and port) to check than the URL's port on 127.0.0.1.
@@ -31,13 +49,10 @@ NERVE_CHECK_IP_HEADER = "X-Nerve-Check-IP"
 # The same names as HTTPHeaders keeps them, so one pass over a request's header names finds either.
 _TARGET_HEADER_NAMES = frozenset(tornado.httputil.HTTPHeaders({SERVER_STATE_HEADER: "", NERVE_CHECK_IP_HEADER: ""}))
 
-# Host names and IPv4/IPv6 literals: anything else in a header is not a host.
-_HOST_PATTERN = re.compile(r"^[A-Za-z0-9._:%-]{1,255}$")
-_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-# ASCII digits only: str.isdigit() also accepts "¹", which int() refuses.
-_PORT_DIGITS = re.compile(r"[0-9]{1,5}")
-# A service name is a spool file name, and file names are at most this many bytes.
-MAX_NAME_BYTES = 255
+
+def sentence(message: str) -> str:
+    """A message as the first words of an answer: capitalised."""
+    return message[:1].upper() + message[1:]
 
 
 class BadRequest(Exception):
@@ -63,21 +78,6 @@ def _downtime_message(matched: str, downtime: Downtime, state_word: str) -> str:
     if downtime.reason:
         message += f": {downtime.reason}"
     return message
-
-
-def is_host(text: str) -> bool:
-    """An IPv4 or IPv6 address, or a DNS host name; nothing else may become a check's target."""
-    if not _HOST_PATTERN.fullmatch(text):
-        return False
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        pass
-    labels = text[:-1].split(".") if text.endswith(".") else text.split(".")
-    if len(text) > 253 or all(label.isdigit() for label in labels):  # digits only: a broken IPv4
-        return False
-    return all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
 
 
 def address_in_networks(text: str, networks: Sequence) -> bool:
@@ -112,8 +112,11 @@ def parse_server_state(value: str) -> Tuple[Optional[str], Optional[int]]:
         name, field_value = name.strip().lower(), field_value.strip()
         if name == "address" and is_host(field_value):
             hosts.append(field_value)
-        elif name == "port" and _PORT_DIGITS.fullmatch(field_value) and 0 < int(field_value) <= 65535:
-            ports.append(field_value.lstrip("0"))
+        elif name == "port":
+            try:
+                ports.append(str(parse_port(field_value)))
+            except InvalidName:
+                pass
     host = _one_value("X-Haproxy-Server-State field address=", hosts)
     port = _one_value("X-Haproxy-Server-State field port=", ports)
     return host, None if port is None else int(port)
@@ -169,11 +172,29 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    """Every path no route matches: a plain-text 404 saying what the paths look like."""
+    """Every path no route matches: a plain-text 404 saying what is wrong with it."""
 
     def prepare(self) -> None:
-        self.answer(404, "Not found: checks are /<protocol>/<service>/<port>[/<query>], where the service "
-                         "is letters, digits, '.', '_' and '-' and the port is decimal\n")
+        self.answer(404, f"Not found: {not_found_reason(self.request.path, self.state.tornado_stats_problem)}\n")
+
+
+def not_found_reason(path: str, tornado_stats_problem: Optional[str]) -> str:
+    """Why ``path`` is not served: an unknown protocol, a missing /<query>, /mutornadomon unavailable, or
+    what check paths look like."""
+    if path.rstrip("/") == "/mutornadomon" and tornado_stats_problem:
+        return f"/mutornadomon is not served: {tornado_stats_problem}"
+    parts = path.split("/", 4)  # "", protocol, service, port[, query]
+    if len(parts) >= 4 and parts[1] and re.fullmatch(PORT_PATTERN, parts[3]):
+        protocol = parts[1]
+        if protocol not in REGISTRY:
+            return (f"unknown protocol {protocol[:40]!r}; the protocols are "
+                    f"{', '.join(sorted(REGISTRY))}")
+        if protocol in QUERY_REQUIRED and len(parts) == 4 and re.fullmatch(SERVICE_PATTERN, parts[2]):
+            return (f"{protocol} checks need the trailing /<query>: /{protocol}/<service>/<port>/<query>, "
+                    f"e.g. {path}/ for the upstream's root page")
+    return (f"checks are /<protocol>/<service>/<port>/<query>, where the service is {SERVICE_CHARACTERS}, "
+            f"the port is decimal, and the /<query> may be left out except for "
+            f"{' and '.join(sorted(QUERY_REQUIRED))}")
 
 
 class CheckHandler(BaseHandler):
@@ -195,24 +216,17 @@ class CheckHandler(BaseHandler):
         """Service, port and query ("" when none) of this request's path; None once answered with 400."""
         parts = self.request.path.split("/", 4)  # "", protocol, service, port[, query]
         service = self.service = parts[2]
-        if service in (".", ".."):
-            self.answer(400, f"Invalid service name {service!r}\n")
-            return None
-        if len(service) > MAX_NAME_BYTES:  # the pattern allows ASCII only: characters are bytes
-            self.answer(400, f"Invalid service name: longer than {MAX_NAME_BYTES} bytes\n")
-            return None
-        port_text = parts[3]
-        # Leading zeros go first: int() refuses strings of more than 4300 digits.
-        digits = port_text.lstrip("0")
-        if len(digits) > 5 or int(digits or "0") > 65535:
-            self.answer(400, f"Invalid port {port_text[:20]}{'...' if len(port_text) > 20 else ''}: "
-                             "ports go from 0 to 65535\n")
+        try:
+            check_service_name(service)
+            port = parse_port(parts[3], minimum=0)
+        except InvalidName as err:
+            self.answer(400, f"{sentence(str(err))}\n")
             return None
         query = parts[4] if len(parts) == 5 else ""
         if "%" in query or not query.isascii():
             # As Tornado decodes a path argument, with its 400 for bytes that are not UTF-8.
             query = self.decode_argument(tornado.escape.url_unescape(query, encoding=None, plus=False))
-        return service, int(digits or "0"), query
+        return service, port, query
 
     async def get(self) -> None:
         parsed = self._parse_path()
@@ -244,9 +258,16 @@ class CheckHandler(BaseHandler):
         found = None
         # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
         if state.spool_on_http or is_spool:
-            found = state.spool.find_downtime(
-                service, port=target.port, host=None if target.host == LOCALHOST else target.host
-            )
+            try:
+                found = state.spool.find_downtime(
+                    service, port=target.port, host=None if target.host == LOCALHOST else target.host
+                )
+            except SpoolError as err:
+                # Nobody can tell whether the service is down: the safe answer is down, saying why.
+                state.warnings.error("spool unreadable", "%s: every check answers 503", err)
+                state.activity.record(service, client_ip, 503)
+                self.answer(503, f"Cannot tell whether {service} is down: {err}\n")
+                return
         if found is not None and not found[1].is_drain:
             code, message = 503, down_message(*found)
         elif is_spool:
@@ -326,9 +347,10 @@ class CheckHandler(BaseHandler):
             self.answer(400, f"Invalid service name: with the port, longer than {MAX_NAME_BYTES} bytes\n")
             return
         try:
-            expiration = self._optional_time("expiration")
+            expiration_text = self.get_body_argument("expiration", "").strip()
+            expiration = parse_expiration(expiration_text) if expiration_text else None
             creation = self._optional_time("creation")
-        except BadRequest as err:
+        except (BadRequest, InvalidExpiration) as err:
             self.answer(400, f"{err}\n")
             return
         try:
@@ -420,9 +442,9 @@ def routes(state) -> list:
     for protocol in REGISTRY:
         name = re.escape(protocol)
         if protocol in QUERY_REQUIRED:
-            pattern = rf"/{name}/{SERVICE_PATTERN}/[0-9]+/.*"
+            pattern = rf"/{name}/{SERVICE_PATTERN}/{PORT_PATTERN}/.*"
         else:
-            pattern = rf"/{name}/{SERVICE_PATTERN}/[0-9]+(?:/.*)?"
+            pattern = rf"/{name}/{SERVICE_PATTERN}/{PORT_PATTERN}(?:/.*)?"
         table.append((pattern, CheckHandler, {"protocol": protocol, **given}))
     table += [
         (r"/status", StatusHandler, given),

@@ -1,4 +1,4 @@
-"""Configuration (COMPAT.md section 5): every key, its default, wrong types, unknown keys, empty files."""
+"""Configuration (docs/daemon.md, "Configuration"): every key, its default, wrong types, unknown keys, empty files."""
 
 import pytest
 
@@ -66,7 +66,7 @@ def test_defaults_without_a_file():
         assert getattr(config, key) == value, key
 
 
-def test_every_compat_key_is_known():
+def test_every_documented_key_is_known():
     assert set(DEFAULTS) <= {field for field in Config.__dataclass_fields__}
 
 
@@ -114,3 +114,26 @@ def test_missing_file(tmp_path):
     with pytest.raises(ConfigError) as raised:
         Config.load(str(tmp_path / "nope.yaml"))
     assert "nope.yaml" in str(raised.value)
+
+
+def test_unknown_key_close_to_a_known_one_is_suggested(tmp_path):
+    path = write(tmp_path, "cach_time: 3\nfrobnicate: 1\n")
+    _, warnings = Config.load(path)
+    assert warnings == [f"{path}: unknown configuration key 'cach_time' ignored (did you mean 'cache_time'?)",
+                        f"{path}: unknown configuration key 'frobnicate' ignored"]
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = write(tmp_path, "cache_time: 3\nlog_path: stderr\n  max_clients: 5\n")
+    with pytest.raises(ConfigError) as raised:
+        Config.load(path)
+    assert str(raised.value) == f"{path}: not a valid YAML file: line 3, column 14: " \
+                                "mapping values are not allowed here"
+
+
+@pytest.mark.parametrize("quoted", ['"true"', "'false'", "'yes'"])
+def test_quoted_boolean_is_called_a_string(tmp_path, quoted):
+    path = write(tmp_path, f"allow_remote_spool_changes: {quoted}\n")
+    with pytest.raises(ConfigError) as raised:
+        Config.load(path)
+    assert f"got the string {quoted.strip(chr(34)).strip(chr(39))!r}: write it without quotes" in str(raised.value)

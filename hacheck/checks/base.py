@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 HTTP_MAX_BUFFER_BYTES = 256 * 1024
 
 
+# The code Tornado's HTTP client gives a request that got no answer (refused, timed out, cut off).
+# An HTTP check records it as its own code, as the original did; the response is a 503 (HTTP knows no 599).
+NO_ANSWER = 599
+# What a check that got no answer in time records unless it declares another ``no_answer_code``.
+DEFAULT_NO_ANSWER_CODE = 503
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a check connects: the host (127.0.0.1 unless a header said otherwise) and port."""
@@ -213,15 +220,16 @@ async def close_quietly(writer: asyncio.StreamWriter) -> None:
 async def run_check(check: CheckFunction, target: Target, query: str, context: CheckContext) -> CheckResult:
     """Run a check within ``healthcheck_timeout``; never raises."""
     timeout = context.timeout
+    no_answer_code = getattr(check, "no_answer_code", DEFAULT_NO_ANSWER_CODE)
     started = time.monotonic()
     try:
         return await asyncio.wait_for(check(target, query, context), timeout)
     except CheckFailed as failed:
         return failed.result
     except asyncio.TimeoutError:
-        return CheckResult(503, f"Check timed out after {timeout:.2f}s")
+        return CheckResult(no_answer_code, f"Check timed out after {timeout:.2f}s")
     except (OSError, ssl.SSLError) as err:
-        return CheckResult(503, describe_connect_error(err, target))
+        return CheckResult(no_answer_code, describe_connect_error(err, target))
     except asyncio.CancelledError:
         raise
     except Exception as err:  # a bug in a check must not take the daemon down

@@ -2,7 +2,8 @@
 
 `https` is the same request over TLS (``fetch`` takes the scheme). Redirects
 are not followed: a 3xx is the answer. An upstream that refuses, hangs up or
-stays silent is a 503 whose message says which.
+stays silent is a 599 (Tornado's code for "no answer", which the original
+recorded as the last status; the response itself is a 503) whose message says which.
 """
 
 import asyncio
@@ -14,7 +15,7 @@ from tornado.httputil import HTTPHeaders, HTTPInputError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from hacheck import __version__
-from hacheck.checks.base import CheckContext, CheckResult, Target, describe_connect_error
+from hacheck.checks.base import NO_ANSWER, CheckContext, CheckResult, Target, describe_connect_error
 
 USER_AGENT = f"hastate {__version__}"
 
@@ -29,6 +30,9 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 async def check(target: Target, query: str, context: CheckContext) -> CheckResult:
     return await fetch("http", target, query, context)
+
+
+check.no_answer_code = NO_ANSWER
 
 
 async def fetch(scheme: str, target: Target, query: str, context: CheckContext) -> CheckResult:
@@ -55,7 +59,7 @@ async def fetch(scheme: str, target: Target, query: str, context: CheckContext) 
     try:
         response = await asyncio.shield(pending)
     except (HTTPClientError, OSError) as err:
-        return CheckResult(503, _failure_message(err, url, target, body, context))
+        return CheckResult(NO_ANSWER, _failure_message(err, url, target, body, context))
     return CheckResult(response.code, body.text())
 
 
