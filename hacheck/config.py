@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from hacheck.activity import DEFAULT_MAX_PAIRS
+from hacheck.cache import DEFAULT_MAX_ENTRIES
 from hacheck.throttled_log import DEFAULT_REPEAT_INTERVAL
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -43,6 +45,12 @@ class Config:
     # None keeps the original behaviour; a tuple of networks restricts (docs/security.md, "Configuration keys").
     remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = None
     check_host_allowed_networks: Optional[Tuple[Network, ...]] = None
+    # Bounded tables and shared slots; read at request time.
+    cache_max_entries: int = DEFAULT_MAX_ENTRIES
+    access_counts_max_pairs: int = DEFAULT_MAX_PAIRS
+    # Uncached checks in flight that take an outbound slot: per (host, port), and per client address.
+    max_checks_per_target: int = 4
+    max_checks_per_client: int = 8
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
@@ -242,4 +250,8 @@ _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "log_repeat_interval": _number(0, allow_equal=True),
     "remote_spool_allowed_networks": _networks,
     "check_host_allowed_networks": _networks,
+    "cache_max_entries": _positive_int,
+    "access_counts_max_pairs": _positive_int,
+    "max_checks_per_target": _positive_int,
+    "max_checks_per_client": _positive_int,
 }

@@ -15,6 +15,11 @@ DEFAULTS = {
     "http_headers_to_copy": ("Host",),
     "healthcheck_timeout": 10.0,
     "max_clients": 10,
+    "cache_max_entries": 10000,
+    "access_counts_max_pairs": 10000,
+    "max_checks_per_target": 4,
+    "max_checks_per_client": 8,
+    "log_repeat_interval": 10.0,
 }
 
 GOOD_VALUES = [
@@ -33,6 +38,11 @@ GOOD_VALUES = [
     ("http_headers_to_copy", "[]", ()),
     ("healthcheck_timeout", "0.5", 0.5),
     ("max_clients", "3", 3),
+    ("cache_max_entries", "50", 50),
+    ("access_counts_max_pairs", "20", 20),
+    ("max_checks_per_target", "1", 1),
+    ("max_checks_per_client", "2", 2),
+    ("log_repeat_interval", "0", 0.0),
 ]
 
 BAD_VALUES = [
@@ -48,6 +58,11 @@ BAD_VALUES = [
     ("http_headers_to_copy", "Host"),
     ("healthcheck_timeout", "0"),
     ("healthcheck_timeout", "ten"),
+    ("cache_max_entries", "0"),
+    ("access_counts_max_pairs", "many"),
+    ("max_checks_per_target", "0"),
+    ("max_checks_per_client", "1.5"),
+    ("log_repeat_interval", "-1"),
     ("max_clients", "0"),
     ("max_clients", "2.5"),
 ]

@@ -14,7 +14,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hacheck.checks import QUERY_REQUIRED, REGISTRY
+from hacheck.checks import REGISTRY
+from hacheck.handlers import ROUTE_NAMES
 from hacheck.spool import Spool
 from tests.conftest import REPO_ROOT, http_request, start_hacheck, tool_argv, tool_env, unused_port
 from tests.e2e.support import operator_tool
@@ -131,8 +132,8 @@ def test_names_no_check_can_match_are_refused_and_older_files_still_count(daemon
 def test_wrong_urls_say_what_is_wrong(daemon):
     status, body, _ = daemon.get("/foo/web/80")
     assert status == 404
-    assert body == f"Not found: unknown protocol 'foo'; the protocols are {', '.join(sorted(REGISTRY))}\n"
-    assert "http" in QUERY_REQUIRED
+    assert body == f"Not found: unknown protocol 'foo'; the protocols are {', '.join(sorted(ROUTE_NAMES))}\n"
+    assert REGISTRY["http"].query_required
     status, body, _ = daemon.get("/http/web/8081")
     assert (status, body) == (404, "Not found: http checks need the trailing /<query>: "
                                    "/http/<service>/<port>/<query>, e.g. /http/web/8081/ for the upstream's "
