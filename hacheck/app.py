@@ -13,7 +13,7 @@ from hacheck.activity import Activity
 from hacheck.agent import AGENT_PROTOCOL
 from hacheck.cache import CheckCache
 from hacheck.checks.base import SharedResources
-from hacheck.config import Config
+from hacheck.config import CACHE_SHAPING_KEYS, Config
 from hacheck.handlers import ROUTE_NAMES, NotFoundHandler, routes
 from hacheck.inflight import InFlightChecks
 from hacheck.metrics import Metrics
@@ -55,9 +55,14 @@ class DaemonState:
         self.apply_config(self.config)
 
     def apply_config(self, config: Config) -> None:
-        """Use ``config`` from now on: the one place where objects that keep a copy of a key are told."""
-        self.config = config
-        self.resources.config = config
+        """Use ``config`` from now on (at start and on reload): the one place where objects that
+        keep a copy of a key are told. Handlers read ``self.config`` per request. The cached
+        answers stay unless a key they depend on changed.
+        """
+        running, self.config = self.config, config
+        if any(key in CACHE_SHAPING_KEYS for key in running.changed_keys(config)):
+            self.cache.clear()
+        self.resources.apply_config(config)
         self.cache.reconfigure(config.cache_time, config.cache_max_entries)
         self.activity.max_pairs = config.access_counts_max_pairs
         self.warnings.interval = config.log_repeat_interval

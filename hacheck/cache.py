@@ -85,6 +85,8 @@ class CheckCache:
         self._peak = 0
         # When the oldest entry expires (never before): a lookup sweeps only once something is due.
         self._next_expiry = float("inf")
+        # Raised by clear(): a check started before it does not store its result.
+        self._generation = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -151,6 +153,16 @@ class CheckCache:
         if _malloc_trim is not None:
             _malloc_trim(0)
 
+    def clear(self) -> None:
+        """Forget every answer, and the checks in flight: their results are not stored (a reload)."""
+        self._entries = OrderedDict()
+        self._in_flight = {}
+        self._next_expiry = float("inf")
+        self._peak = 0
+        self._generation += 1
+        if self.observer is not None:
+            self.observer.expired(0, 0)  # nothing expired, but the size is now 0
+
     def fresh(self, key: Hashable) -> Any:
         """The cached value for ``key`` when there is a fresh one (counted as a get and a hit), else None.
 
@@ -198,14 +210,15 @@ class CheckCache:
             self.observer.miss()
         task = asyncio.ensure_future(run())
         self._in_flight[key] = task
-        task.add_done_callback(lambda done: self._finish(key, done))
+        generation = self._generation
+        task.add_done_callback(lambda done: self._finish(key, done, generation))
         # A caller that goes away must not cancel the check others are waiting for.
         return await asyncio.shield(task)
 
-    def _finish(self, key: Hashable, task: "asyncio.Future[Any]") -> None:
+    def _finish(self, key: Hashable, task: "asyncio.Future[Any]", generation: int) -> None:
         if self._in_flight.get(key) is task:
             del self._in_flight[key]
-        if not task.cancelled() and task.exception() is None:
+        if not task.cancelled() and task.exception() is None and generation == self._generation:
             self.store(key, task.result())
 
     def store(self, key: Hashable, value: Any) -> None:

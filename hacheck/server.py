@@ -14,6 +14,7 @@ import logging
 import socket
 from typing import Any, Callable, Iterable, List, Tuple
 
+import tornado.http1connection
 import tornado.httpserver
 from tornado.ioloop import IOLoop
 
@@ -75,18 +76,25 @@ def add_pausing_accept_handler(sock: socket.socket, callback: Callable[[socket.s
     return remove
 
 
+def _tornado_parameters(params: tornado.http1connection.HTTP1ConnectionParameters,
+                        limits: ConnectionLimits) -> tornado.http1connection.HTTP1ConnectionParameters:
+    """Tornado's own connection settings with its bounds from ``limits`` (a backstop: the
+    connections keep to them first, answering where Tornado would close without a word)."""
+    return tornado.http1connection.HTTP1ConnectionParameters(
+        no_keep_alive=params.no_keep_alive, chunk_size=params.chunk_size, decompress=params.decompress,
+        max_header_size=limits.max_header_bytes, header_timeout=limits.idle_timeout + limits.header_timeout,
+        max_body_size=limits.max_body_bytes, body_timeout=limits.body_timeout)
+
+
 class HTTPServer(tornado.httpserver.HTTPServer):
     """Tornado's HTTP server with ``add_pausing_accept_handler`` as its accept loop and bounded connections.
 
-    Built as ``HTTPServer(app, limits=ConnectionLimits(...), warnings=ThrottledLog(...), ...)``;
-    Tornado's own size and time settings are set from ``limits`` (as a backstop: the
-    connections enforce them first, with an answer where Tornado would close silently).
+    Built as ``HTTPServer(app, limits=ConnectionLimits(...), warnings=ThrottledLog(...), ...)``.
     """
 
     def initialize(self, request_callback, limits: ConnectionLimits, warnings: ThrottledLog, **kwargs) -> None:
-        super().initialize(request_callback, max_header_size=limits.max_header_bytes,
-                           idle_connection_timeout=limits.idle_timeout + limits.header_timeout,
-                           body_timeout=limits.body_timeout, max_body_size=limits.max_body_bytes, **kwargs)
+        super().initialize(request_callback, **kwargs)
+        self.conn_params = _tornado_parameters(self.conn_params, limits)
         self.guard = ConnectionGuard(limits, warnings)
         self.listeners: List[Tuple[socket.socket, Callable[[], None]]] = []
 
@@ -125,3 +133,10 @@ class HTTPServer(tornado.httpserver.HTTPServer):
 
     def close_all(self) -> None:
         self.guard.close_all()
+
+    def apply_config(self, config) -> None:
+        """Server-level settings from a reloaded configuration (the listening sockets stay as they are):
+        the connection limits, for connections accepted from now on and for the next request of the others."""
+        limits = ConnectionLimits.from_config(config)
+        self.guard.limits = limits
+        self.conn_params = _tornado_parameters(self.conn_params, limits)

@@ -198,3 +198,25 @@ def test_a_million_distinct_keys_stay_within_the_cap():
     assert cache.counters["evictions"] == 990_000
     assert cache.fresh(("http", "127.0.0.1", 8080, "health/999999", None, None, None)) == "answer 999999"
     assert rss_bytes() - before < MILLION_KEYS_RSS_BOUND
+
+
+@pytest.mark.gen_test
+async def test_clear_forgets_answers_and_does_not_store_a_check_from_before():
+    cache = CheckCache(ttl=10)
+    started = []
+
+    async def run():
+        started.append(1)
+        label = f"run-{len(started)}"
+        await asyncio.sleep(0.05)
+        return label
+
+    assert await cache.get_or_run("cached", run) == "run-1"
+    before = asyncio.ensure_future(cache.get_or_run("in flight", run))
+    await asyncio.sleep(0.01)
+    cache.clear()  # a reload that changed what answers depend on
+    after = await cache.get_or_run("in flight", run)  # does not join the check from before
+    assert (await before, after) == ("run-2", "run-3")
+    assert len(cache) == 1  # only the answer from after the clear
+    assert await cache.get_or_run("in flight", run) == "run-3"
+    assert await cache.get_or_run("cached", run) == "run-4"

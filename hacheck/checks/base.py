@@ -299,15 +299,27 @@ class SharedResources:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.config.max_clients, thread_name_prefix="hacheck-blocking"
             )
+        # Held here: a reload may start a new pool meanwhile; this call finishes in the old one.
+        executor = self._executor
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         what = f"free blocking-pool thread (max_clients={self.config.max_clients})"
 
         async def bounded() -> Any:
             async with self.blocking_slots.held(progress, what):
-                return await loop.run_in_executor(self._executor, func, *args)
+                return await loop.run_in_executor(executor, func, *args)
 
         return await asyncio.wait_for(bounded(), max(0.0, deadline - loop.time()))
+
+    def apply_config(self, config: Config) -> None:
+        """Take over a reloaded configuration: ``max_clients`` bounds the next outbound checks."""
+        running, self.config = self.config, config
+        if config.max_clients == running.max_clients:
+            return
+        if self._http_client is not None:
+            self._http_client.max_clients = config.max_clients
+        # Calls in flight keep the old pool; with no reference left it ends its threads once they are done.
+        self._executor = None
 
     def close(self) -> None:
         if self._http_client is not None:

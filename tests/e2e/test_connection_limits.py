@@ -368,3 +368,27 @@ def test_bad_and_refused_requests_are_logged_once_per_interval_with_a_count(hach
     assert len(malformed) == 1 and len(refused) == 1, "\n".join(lines)
     assert "414 Request line too long" in refused[0]
     daemon.stop()
+
+
+# --- reload ------------------------------------------------------------------------------
+
+
+def test_a_reload_applies_the_new_limits(hacheck_daemon, tmp_path):
+    import yaml
+
+    from tests.test_reload import wait_for_line
+
+    config = tmp_path / "limits.yaml"
+    config.write_text(yaml.safe_dump({"allow_remote_spool_changes": True}))
+    daemon = hacheck_daemon(config=str(config))
+    form = b"status=down&reason=" + b"r" * 200
+    post = (b"POST /spool/web/0/x HTTP/1.0\r\nContent-Length: %d\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n%s" % (len(form), form))
+    assert status_and_body(exchange(daemon.port, post)[0])[0] == 200
+    config.write_text(yaml.safe_dump({"allow_remote_spool_changes": True, "max_request_body_bytes": 100,
+                                      "max_reason_chars": 10}))
+    os.kill(daemon.pid, signal.SIGHUP)
+    assert wait_for_line(daemon.output, "reloaded")
+    assert_one_line_answer(exchange(daemon.port, post)[0], 413, f"Content-Length {len(form)} is over 100 bytes")
+    status, body, _ = daemon.get("/spool/web/80")
+    assert status == 503 and body.endswith(": rrrrrrr..."), body
