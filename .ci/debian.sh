@@ -109,16 +109,7 @@ PY_VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' hacheck/__init__.py)"
 echo "   $DEB_VERSION"
 
 step "dpkg-buildpackage -us -uc -b (in a copy of the tree)"
-mkdir "$WORK/src"
-tar --exclude=./.git --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache \
-    --exclude=.hypothesis --exclude='*.egg-info' --exclude=./build --exclude=./dist \
-    --exclude=./debian/hacheck --exclude=./debian/.debhelper --exclude=./debian/files \
-    --exclude='./debian/*.substvars' --exclude=./debian/debhelper-build-stamp \
-    -cf - . | tar -xf - -C "$WORK/src"
-(cd "$WORK/src" && "${CLEAN[@]}" dpkg-buildpackage -us -uc -b) >"$WORK/build.log" 2>&1 \
-    || { tail -40 "$WORK/build.log" >&2; fail "dpkg-buildpackage failed (log above)"; }
-DEB="$WORK/hacheck_${DEB_VERSION}_all.deb"
-[ -f "$DEB" ] || fail "dpkg-buildpackage made no $DEB"
+DEB="$(bash .ci/build-deb.sh "$WORK")"
 CONTENTS="$(dpkg-deb -c "$DEB")"
 for tool in "${TOOLS[@]}"; do
     grep -q " \./usr/bin/$tool\$" <<<"$CONTENTS" || fail "the package has no /usr/bin/$tool"
