@@ -13,7 +13,7 @@ from hacheck.activity import Activity
 from hacheck.cache import CheckCache
 from hacheck.checks import REGISTRY
 from hacheck.checks.base import SharedResources
-from hacheck.config import Config
+from hacheck.config import CACHE_SHAPING_KEYS, Config
 from hacheck.handlers import NotFoundHandler, routes
 from hacheck.metrics import Metrics
 from hacheck.spool import Spool
@@ -39,6 +39,19 @@ class DaemonState:
     metrics: Optional[Metrics] = None
     # False with -S: HTTP checks report only the real check; downtimes go through the agent.
     spool_on_http: bool = True
+
+    def apply_config(self, config: Config) -> None:
+        """Take over a reloaded configuration for the next requests.
+
+        Handlers read ``self.config`` per request; objects built from the
+        configuration follow it here. The cached answers stay unless a key they
+        depend on changed.
+        """
+        running, self.config = self.config, config
+        self.cache.ttl = config.cache_time
+        if any(key in CACHE_SHAPING_KEYS for key in running.changed_keys(config)):
+            self.cache.clear()
+        self.resources.apply_config(config)
 
     def close(self) -> None:
         if self.tornado_stats is not None:

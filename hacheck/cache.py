@@ -79,6 +79,8 @@ class CheckCache:
         self._peak = 0
         # When the oldest entry expires (never before): a lookup sweeps only once something is due.
         self._next_expiry = float("inf")
+        # Raised by clear(): a check started before it does not store its result.
+        self._generation = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -116,6 +118,16 @@ class CheckCache:
         gc.collect()
         if _malloc_trim is not None:
             _malloc_trim(0)
+
+    def clear(self) -> None:
+        """Forget every answer, and the checks in flight: their results are not stored (a reload)."""
+        self._entries = OrderedDict()
+        self._in_flight = {}
+        self._next_expiry = float("inf")
+        self._peak = 0
+        self._generation += 1
+        if self.observer is not None:
+            self.observer.expired(0, 0)  # nothing expired, but the size is now 0
 
     def fresh(self, key: Hashable) -> Any:
         """The cached value for ``key`` when there is a fresh one (counted as a get and a hit), else None.
@@ -165,14 +177,15 @@ class CheckCache:
         task = asyncio.ensure_future(run())
         if not bypass:
             self._in_flight[key] = task
-        task.add_done_callback(lambda done: self._finish(key, done, bypass))
+        generation = self._generation
+        task.add_done_callback(lambda done: self._finish(key, done, generation))
         # A caller that goes away must not cancel the check others are waiting for.
         return await asyncio.shield(task)
 
-    def _finish(self, key: Hashable, task: "asyncio.Future[Any]", bypass: bool) -> None:
+    def _finish(self, key: Hashable, task: "asyncio.Future[Any]", generation: int) -> None:
         if self._in_flight.get(key) is task:
             del self._in_flight[key]
-        if task.cancelled() or task.exception() is not None or self.ttl <= 0:
+        if task.cancelled() or task.exception() is not None or self.ttl <= 0 or generation != self._generation:
             return
         self._entries.pop(key, None)
         expires_at = self._clock() + self.ttl

@@ -1,7 +1,8 @@
 """The daemon's configuration: defaults, YAML loading and validation.
 
-One ``Config`` object is built at start-up and handed down; nothing reads the
-file again. A value of the wrong type is a ``ConfigError`` whose message names
+One ``Config`` object is built at start-up and handed down; a reload (SIGHUP)
+builds a new one and hands it down the same way (``DaemonState.apply_config``).
+A value of the wrong type is a ``ConfigError`` whose message names
 the key and the file; an unknown key is only a warning, so old files keep working.
 """
 
@@ -82,6 +83,23 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    def changed_keys(self, other: "Config") -> List[str]:
+        """The keys whose values differ between this configuration and ``other``."""
+        return [key.name for key in dataclasses.fields(self)
+                if key.compare and getattr(self, key.name) != getattr(other, key.name)]
+
+
+# Keys a running daemon keeps until it restarts: a reload that changes one keeps the running
+# value and names the key in its log line. Every other key takes effect on reload.
+RESTART_KEYS = frozenset({
+    "metrics_per_service",  # the metrics' label names are fixed when they are registered
+})
+# Keys that cached answers depend on: a reload that changes one empties the check cache.
+CACHE_SHAPING_KEYS = frozenset({
+    "cache_time", "service_name_header", "http_headers_to_copy", "healthcheck_timeout",
+    "mysql_username", "mysql_password", "postgresql_username", "postgresql_password", "postgresql_database",
+})
 
 
 def _number(minimum: float, allow_equal: bool) -> Callable[[Any], float]:

@@ -4,21 +4,21 @@ import argparse
 import asyncio
 import gc
 import logging
-import logging.handlers
 import os
-import resource
+import select
 import signal
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import tornado.ioloop
 import tornado.netutil
 
+import hacheck.reload
 import hacheck.server
 from hacheck import __version__, metrics, systemd
 from hacheck.agent import AgentServer
-from hacheck.app import make_app, own_ip_addresses
+from hacheck.app import DaemonState, make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
 from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
 
@@ -34,6 +34,8 @@ MAX_REQUEST_BODY = 64 * 1024
 # Tornado's default of 128 overflows when many checks arrive at once, and an
 # overflowed connection waits seconds for a SYN-ACK retransmission.
 LISTEN_BACKLOG = 4096
+# With -n, how long the supervisor waits for every worker to say it reloaded before it reports the reload done.
+WORKER_RELOAD_WAIT = 5.0
 
 
 class StartupError(Exception):
@@ -57,8 +59,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("-S", "--no-spool-on-http", dest="spool_on_http", action="store_false",
                         help="HTTP checks ignore downtimes (only /spool reports them): "
                              "downtimes reach HAProxy through the agent only")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration file (-c) as a start would, print one line, "
+                             "exit 0 when valid and 1 when not")
     parser.add_argument("--version", action="version", version=f"hacheck {__version__}")
     args = parser.parse_args(argv)
+    # Sockets handed over by systemd win over -p; a -p given anyway is named in the log.
+    args.ports_given = bool(args.ports)
     if not args.ports:
         args.ports = [3333]
     args.agent_ports = list(dict.fromkeys(args.agent_ports))
@@ -78,44 +85,6 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
-
-
-def setup_logging(config: Config, verbose: bool) -> None:
-    """Send logs to ``log_path``; a file is reopened when logrotate moves it away."""
-    if config.log_path == "stdout":
-        handler = logging.StreamHandler(sys.stdout)
-    elif config.log_path == "stderr":
-        handler = logging.StreamHandler(sys.stderr)
-    else:
-        try:
-            handler = logging.handlers.WatchedFileHandler(config.log_path)
-        except OSError as err:
-            raise StartupError(f"cannot open log_path {config.log_path} (from {config.source}): "
-                               f"{err.strerror}") from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # Tornado logs every request at INFO on tornado.access; only -v wants those.
-    logging.getLogger("tornado.access").setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def apply_rlimit(config: Config) -> None:
-    wanted = config.rlimit_nofile
-    if wanted is None:
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if wanted == "max":
-        wanted = hard
-    elif hard != resource.RLIM_INFINITY and wanted > hard:
-        raise StartupError(f"{config.source}: key 'rlimit_nofile': {wanted} is above the hard limit {hard}")
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    except (ValueError, OSError) as err:
-        raise StartupError(f"{config.source}: key 'rlimit_nofile': cannot set {wanted}: {err}") from None
-    log.debug("open files limit set to %s (was %s, hard limit %s)", wanted, soft, hard)
 
 
 def bind(args: argparse.Namespace, reuse_port: bool) -> list:
@@ -144,35 +113,100 @@ def bind_agent(args: argparse.Namespace, reuse_port: bool) -> list:
     return sockets
 
 
-async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, reuse_port: bool,
-                on_ready, supervisor_pid: Optional[int] = None) -> None:
+def acquire_sockets(args: argparse.Namespace, handed: systemd.HandedSockets,
+                    reuse_port: bool) -> Tuple[list, list]:
+    """The HTTP and agent listening sockets: those systemd handed over, else bound as the flags say."""
+    sockets = list(handed.http) or bind(args, reuse_port)
+    try:
+        agent_sockets = list(handed.agent) or bind_agent(args, reuse_port)
+    except StartupError:
+        if not handed.http:
+            for sock in sockets:
+                sock.close()
+        raise
+    return sockets, agent_sockets
+
+
+def log_handed_sockets(args: argparse.Namespace, handed: systemd.HandedSockets) -> None:
+    """Say once which handed sockets replace which flags."""
+    if handed.http and args.ports_given:
+        log.info("serving the HTTP socket(s) systemd handed over (%s); -p %s not bound",
+                 ", ".join(map(systemd.describe, handed.http)), ",".join(map(str, args.ports)))
+    if handed.agent and args.agent_ports:
+        log.info("serving the agent socket(s) systemd handed over (%s); -A %s not bound",
+                 ", ".join(map(systemd.describe, handed.agent)), ",".join(map(str, args.agent_ports)))
+
+
+class SystemdNotifier:
+    """How a lone process (no -n) reports readiness and reloads: to systemd itself."""
+
+    def ready(self, status: str) -> None:
+        systemd.notify_ready(status)
+
+    def reloading(self) -> None:
+        systemd.notify_reloading("reloading the configuration")
+
+    def reloaded(self, ok: bool, line: str) -> None:
+        systemd.notify_ready(line)
+
+
+class WorkerNotifier:
+    """How a worker reports to its supervisor (which reports to systemd): one byte down a pipe."""
+
+    def __init__(self, ready_fd: int, reload_ack_fd: int):
+        self.ready_fd = ready_fd
+        self.reload_ack_fd = reload_ack_fd
+
+    def ready(self, status: str) -> None:
+        os.write(self.ready_fd, b"1")
+        os.close(self.ready_fd)
+
+    def reloading(self) -> None:
+        pass
+
+    def reloaded(self, ok: bool, line: str) -> None:
+        os.write(self.reload_ack_fd, b"1" if ok else b"0")
+
+
+def reload_config(args: argparse.Namespace, state: DaemonState, server: hacheck.server.HTTPServer,
+                  notifier) -> None:
+    """SIGHUP: read the configuration file again; a valid one applies to the next requests."""
+    notifier.reloading()
+    loaded, line = hacheck.reload.reload(state.config, args.config_file)
+    if loaded is None:
+        log.error("%s", line)
+    else:
+        state.apply_config(loaded.config)
+        server.apply_config(loaded.config)
+        log.info("%s", line)
+    notifier.reloaded(loaded is not None, line)
+
+
+async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, handed: systemd.HandedSockets,
+                reuse_port: bool, notifier, supervisor_pid: Optional[int] = None) -> None:
     """Listen, serve until a stop signal, then let requests in flight finish (bounded) and return."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # Handlers first: a stop signal that arrives once the port answers must stop cleanly.
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
-    sockets = bind(args, reuse_port)
-    try:
-        agent_sockets = bind_agent(args, reuse_port)
-    except StartupError:
-        for sock in sockets:
-            sock.close()
-        raise
+    sockets, agent_sockets = acquire_sockets(args, handed, reuse_port)
     app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
                    with_mutornadomon=True, spool_on_http=args.spool_on_http)
     state = app.settings["hacheck_state"]
     server = hacheck.server.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY)
     server.add_sockets(sockets)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, args, state, server, notifier)
     agent = AgentServer(state.spool)
     await agent.start(agent_sockets)
-    if args.agent_ports:
-        log.info("agent-check answers on %s port %s%s", args.bind_address, ",".join(map(str, args.agent_ports)),
+    if agent_sockets:
+        log.info("agent-check answers on %s%s", ", ".join(map(systemd.describe, agent_sockets)),
                  "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
     elif not args.spool_on_http:
         log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
-    log.info("hacheck %s listening on %s port %s (pid %d)", __version__, args.bind_address,
-             ",".join(map(str, args.ports)), os.getpid())
+    listening = ", ".join(map(systemd.describe, sockets))
+    log.info("hacheck %s listening on %s (pid %d%s)", __version__, listening, os.getpid(),
+             ", sockets from systemd" if handed.http else "")
     # Garbage collection's full passes stop the event loop for as long as they take: with a
     # thousand checks in flight that was 50-100 ms, several times a second, and every request
     # waited. Everything made so far (modules, the application) lives as long as the process
@@ -180,7 +214,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     # (young passes stay as frequent, so short-lived cycles go as soon as before).
     gc.freeze()
     gc.set_threshold(700, 10, 100)
-    on_ready()
+    notifier.ready(f"listening on {listening}")
     if supervisor_pid is not None:
         # A worker whose supervisor was killed outright stops too instead of lingering on the port.
         def stop_when_orphaned() -> None:
@@ -192,9 +226,12 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
         orphan_watch.start()
     await stop.wait()
     log.info("stopping: no new connections, waiting for %d request(s) in flight", state.requests_in_flight)
+    # Closes this process's descriptors only (never shutdown()): a socket systemd handed over stays
+    # open there, and connections arriving meanwhile wait in its backlog for the next process.
     server.stop()
     agent.stop()
-    deadline = loop.time() + config.healthcheck_timeout + 2.0
+    # The bound on stopping: healthcheck_timeout (of the running configuration) plus a little.
+    deadline = loop.time() + state.config.healthcheck_timeout + 2.0
     while state.requests_in_flight > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)
     try:
@@ -206,9 +243,10 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, re
     log.info("stopped")
 
 
-def run_worker(args, config, own_ips, reuse_port: bool, on_ready, supervisor_pid: Optional[int] = None) -> int:
+def run_worker(args, config, own_ips, handed: systemd.HandedSockets, reuse_port: bool, notifier,
+               supervisor_pid: Optional[int] = None) -> int:
     try:
-        asyncio.run(serve(args, config, own_ips, reuse_port, on_ready, supervisor_pid))
+        asyncio.run(serve(args, config, own_ips, handed, reuse_port, notifier, supervisor_pid))
     except StartupError as err:
         log.error("%s", err)
         sys.stderr.write(f"hacheck: {err}\n")
@@ -216,27 +254,33 @@ def run_worker(args, config, own_ips, reuse_port: bool, on_ready, supervisor_pid
     return 0
 
 
-def supervise(args, config, own_ips) -> int:
-    """Run ``-n`` workers that each bind the ports (SO_REUSEPORT); restart any that dies unexpectedly."""
+def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
+    """Run ``-n`` workers; restart any that dies unexpectedly; pass reloads and stops on to them.
+
+    The workers share the sockets systemd handed over, or else each binds the ports (SO_REUSEPORT).
+    """
     workers = {}  # pid -> start time
     stopping = []
-
+    running_config = config
     supervisor_pid = os.getpid()
+    # Every worker writes one byte here per reload: b"1" reloaded, b"0" kept its configuration.
+    reload_ack_read, reload_ack_write = os.pipe()
+    os.set_blocking(reload_ack_read, False)
 
     def spawn() -> int:
         ready_read, ready_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
+            os.close(reload_ack_read)
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
-
-            def ready() -> None:
-                os.write(ready_write, b"1")
-                os.close(ready_write)
+            # Until the worker's own handler is in place, a reload must neither stop it nor run the supervisor's.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             code = 1
             try:
-                code = run_worker(args, config, own_ips, True, ready, supervisor_pid)
+                code = run_worker(args, running_config, own_ips, handed, True,
+                                  WorkerNotifier(ready_write, reload_ack_write), supervisor_pid)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -254,8 +298,50 @@ def supervise(args, config, own_ips) -> int:
             except ProcessLookupError:
                 pass
 
+    def reload(signum, frame) -> None:
+        nonlocal running_config
+        systemd.notify_reloading("reloading the configuration")
+        loaded, line = hacheck.reload.reload(running_config, args.config_file)
+        if loaded is None:
+            log.error("%s", line)
+        else:
+            running_config = loaded.config
+            line += reload_workers()
+            log.info("%s", line)
+        systemd.notify_ready(line)
+
+    def reload_workers() -> str:
+        """SIGHUP to every worker, then wait (bounded) until each has answered; a note for the log line."""
+        try:
+            while os.read(reload_ack_read, 4096):  # answers that came too late for an earlier reload
+                pass
+        except BlockingIOError:
+            pass
+        expected = len(workers)
+        for pid in list(workers):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                expected -= 1
+        answers = b""
+        deadline = time.monotonic() + WORKER_RELOAD_WAIT
+        while len(answers) < expected and not stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if select.select([reload_ack_read], [], [], remaining)[0]:
+                try:
+                    answers += os.read(reload_ack_read, 4096)
+                except BlockingIOError:
+                    pass
+        reloaded = answers.count(b"1")
+        if reloaded == len(workers):
+            return f"; all {reloaded} workers reloaded"
+        return f"; only {reloaded} of {len(workers)} workers reloaded (see their log lines)"
+
     for signum in STOP_SIGNALS:
         signal.signal(signum, forward)
+    signal.signal(signal.SIGHUP, reload)
     for _ in range(args.num_procs):
         if stopping:
             break
@@ -264,7 +350,7 @@ def supervise(args, config, own_ips) -> int:
             _reap_all(workers)
             return 1
     if not stopping:
-        systemd.notify("READY=1")
+        systemd.notify_ready(f"serving with {len(workers)} workers")
     exit_code = 0
     while workers:
         try:
@@ -301,20 +387,29 @@ def _reap_all(workers: dict) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.check_config:
+        code, line = hacheck.reload.check_config(args.config_file)
+        (sys.stdout if code == 0 else sys.stderr).write(line + "\n")
+        return code
+    # A reload signal that comes before the daemon can reload must not stop it (the default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        config, warnings = Config.load(args.config_file)
-        setup_logging(config, args.verbose)
-        for warning in warnings:
+        loaded = hacheck.reload.load(args.config_file)
+        hacheck.reload.setup_logging(loaded.log_handler, args.verbose)
+        for warning in loaded.warnings:
             log.warning("%s", warning)
-        apply_rlimit(config)
+        hacheck.reload.apply_rlimit(loaded.config)
         Spool(args.spool_root).ensure_root()
-    except (ConfigError, StartupError, SpoolError) as err:
+        handed = systemd.listen_sockets()
+    except (ConfigError, SpoolError, systemd.SocketActivationError) as err:
         sys.stderr.write(f"hacheck: {err}\n")
         return 1
+    log_handed_sockets(args, handed)
+    config = loaded.config
     own_ips = own_ip_addresses()
     if args.num_procs == 1:
         metrics.clear_multiprocess_env()
-        return run_worker(args, config, own_ips, False, lambda: systemd.notify("READY=1"))
+        return run_worker(args, config, own_ips, handed, False, SystemdNotifier())
     # Before any worker imports prometheus_client: every worker's metrics go to one private directory.
     try:
         metrics_dir = metrics.create_multiprocess_dir()
@@ -322,7 +417,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"hacheck: cannot create a directory for the workers' metrics: {err}\n")
         return 1
     try:
-        return supervise(args, config, own_ips)
+        return supervise(args, config, own_ips, handed)
     finally:
         metrics.remove_multiprocess_dir(metrics_dir)
 

@@ -83,3 +83,9 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         for sock in sockets:
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = add_pausing_accept_handler(sock, self._handle_connection)
+
+    def apply_config(self, config) -> None:
+        """Server-level settings from a reloaded configuration (the listening sockets stay as they are).
+
+        None of today's keys is read at this level; bounds on connections belong here.
+        """

@@ -147,11 +147,39 @@ class RunningDaemon:
         return self.process.returncode
 
 
+# Runs as ``python -c SOCKET_ACTIVATION_WRAPPER COUNT FD... NAMES ARGV...``: puts the listening
+# sockets at descriptors 3, 4, ... and execs ARGV with LISTEN_FDS, LISTEN_FDNAMES and (unless
+# the environment already has one) LISTEN_PID set to its own pid, as systemd does for a service.
+SOCKET_ACTIVATION_WRAPPER = """
+import fcntl, os, sys
+count = int(sys.argv[1])
+sources = [int(fd) for fd in sys.argv[2:2 + count]]
+names, argv = sys.argv[2 + count], sys.argv[3 + count:]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in sources]
+for index, fd in enumerate(high):
+    os.dup2(fd, 3 + index)
+    os.close(fd)
+os.environ.update(LISTEN_FDS=str(count), LISTEN_FDNAMES=names)
+os.environ.setdefault("LISTEN_PID", str(os.getpid()))
+os.execv(argv[0], argv)
+"""
+
+
+def listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A bound, listening TCP socket on an unused port, as systemd holds one for a socket unit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
 def start_hacheck(tmp_path: Path, config=None, args=(), spool_root=None, port=None, wait: bool = True,
-                  env=None, ready_host: str = "127.0.0.1") -> RunningDaemon:
+                  env=None, ready_host: str = "127.0.0.1", handed=()) -> RunningDaemon:
     """Start the real ``hacheck`` on an unused port with a temporary spool; wait until it answers.
 
     ``config`` is a dict written as YAML (or a path string); ``args`` are extra flags.
+    ``handed`` is a list of (listening socket, FileDescriptorName) given to it as systemd's
+    socket activation does; no ``-p`` is passed then, and the port is the first socket's.
     """
     import subprocess
     import time
@@ -159,6 +187,8 @@ def start_hacheck(tmp_path: Path, config=None, args=(), spool_root=None, port=No
 
     import yaml
 
+    if handed and port is None:
+        port = handed[0][0].getsockname()[1]
     port = port or unused_port()
     spool_root = spool_root or str(tmp_path / f"spool-{uuid.uuid4().hex[:8]}")
     config_path = None
@@ -167,14 +197,17 @@ def start_hacheck(tmp_path: Path, config=None, args=(), spool_root=None, port=No
         config_path.write_text(yaml.safe_dump(config))
     elif config is not None:
         config_path = Path(config)
-    argv = tool_argv("hacheck") + ["-p", str(port), "--spool-root", spool_root]
+    argv = tool_argv("hacheck") + ([] if handed else ["-p", str(port)]) + ["--spool-root", spool_root]
     if config_path is not None:
         argv += ["-c", str(config_path)]
     argv += list(args)
+    if handed:
+        argv = [sys.executable, "-c", SOCKET_ACTIVATION_WRAPPER, str(len(handed)),
+                *(str(sock.fileno()) for sock, _ in handed), ":".join(name for _, name in handed), *argv]
     output_path = tmp_path / f"hacheck-output-{uuid.uuid4().hex[:8]}.txt"
     with open(output_path, "wb") as output:
         process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=tool_env(**(env or {})))
+                                   env=tool_env(**(env or {})), pass_fds=[sock.fileno() for sock, _ in handed])
     daemon = RunningDaemon(process, port, spool_root, output_path, config_path)
     if not wait:
         return daemon

@@ -279,7 +279,8 @@ def test_ready_notification_after_listening(tmp_path, workers):
         notify_socket.settimeout(20)
         daemon = start_hacheck(tmp_path, args=["-n", workers], wait=False, env={"NOTIFY_SOCKET": notify_path})
         try:
-            assert notify_socket.recv(100) == b"READY=1"
+            message = notify_socket.recv(4096).split(b"\n")
+            assert message[0] == b"READY=1" and message[1].startswith(b"STATUS=")
             assert daemon.get("/status")[0] == 200  # ready means already listening
         finally:
             assert daemon.stop() == 0

@@ -121,14 +121,27 @@ class SharedResources:
                 max_workers=workers, thread_name_prefix="hacheck-blocking"
             )
             self._blocking_slots = asyncio.Semaphore(workers)
+        # Held here: a reload may start a new pool meanwhile; this call finishes in the old one.
+        executor, slots = self._executor, self._blocking_slots
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
 
         async def bounded() -> Any:
-            async with self._blocking_slots:
-                return await loop.run_in_executor(self._executor, func, *args)
+            async with slots:
+                return await loop.run_in_executor(executor, func, *args)
 
         return await asyncio.wait_for(bounded(), max(0.0, deadline - loop.time()))
+
+    def apply_config(self, config: Config) -> None:
+        """Take over a reloaded configuration: ``max_clients`` bounds the next outbound checks."""
+        running, self.config = self.config, config
+        if config.max_clients == running.max_clients:
+            return
+        if self._http_client is not None:
+            self._http_client.max_clients = config.max_clients
+        # Calls in flight keep the old pool; with no reference left it ends its threads once they are done.
+        self._executor = None
+        self._blocking_slots = None
 
     def close(self) -> None:
         if self._http_client is not None:
