@@ -9,7 +9,7 @@ import select
 import signal
 import sys
 import time
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import tornado.ioloop
 import tornado.netutil
@@ -18,7 +18,7 @@ import hacheck.reload
 import hacheck.server
 from hacheck import __version__, metrics, systemd
 from hacheck.agent import AgentServer
-from hacheck.app import DaemonState, make_app, own_ip_addresses
+from hacheck.app import make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
 from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
 
@@ -168,16 +168,14 @@ class WorkerNotifier:
         os.write(self.reload_ack_fd, b"1" if ok else b"0")
 
 
-def reload_config(args: argparse.Namespace, state: DaemonState, server: hacheck.server.HTTPServer,
-                  notifier) -> None:
-    """SIGHUP: read the configuration file again; a valid one applies to the next requests."""
+def reload_config(config_file: Optional[str], running: Config, apply: Callable[[Config], str], notifier) -> None:
+    """SIGHUP: read the configuration file again and ``apply`` a valid one (it returns a note for the log line)."""
     notifier.reloading()
-    loaded, line = hacheck.reload.reload(state.config, args.config_file)
+    loaded, line = hacheck.reload.reload(running, config_file)
     if loaded is None:
         log.error("%s", line)
     else:
-        state.apply_config(loaded.config)
-        server.apply_config(loaded.config)
+        line += apply(loaded.config)
         log.info("%s", line)
     notifier.reloaded(loaded is not None, line)
 
@@ -196,7 +194,13 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     state = app.settings["hacheck_state"]
     server = hacheck.server.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY)
     server.add_sockets(sockets)
-    loop.add_signal_handler(signal.SIGHUP, reload_config, args, state, server, notifier)
+
+    def apply_config(new_config: Config) -> str:
+        state.apply_config(new_config)
+        server.apply_config(new_config)
+        return ""
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(args.config_file, state.config, apply_config,
+                                                                 notifier))
     agent = AgentServer(state.spool)
     await agent.start(agent_sockets)
     if agent_sockets:
@@ -262,6 +266,8 @@ def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
     workers = {}  # pid -> start time
     stopping = []
     running_config = config
+    reloads = 0  # how many reloads the supervisor has passed on so far
+    starting = set()  # workers forked but not ready yet: they cannot reload until they are
     supervisor_pid = os.getpid()
     # Every worker writes one byte here per reload: b"1" reloaded, b"0" kept its configuration.
     reload_ack_read, reload_ack_write = os.pipe()
@@ -269,6 +275,7 @@ def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
 
     def spawn() -> int:
         ready_read, ready_write = os.pipe()
+        reloads_at_fork = reloads
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
@@ -286,8 +293,12 @@ def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
                 os._exit(code)
         os.close(ready_write)
         workers[pid] = time.monotonic()
+        starting.add(pid)
         with os.fdopen(ready_read, "rb") as ready_pipe:
             became_ready = ready_pipe.read(1) == b"1"
+        starting.discard(pid)
+        if became_ready and reloads != reloads_at_fork:
+            os.kill(pid, signal.SIGHUP)  # it started with the configuration from before the reload
         return pid if became_ready else -pid
 
     def forward(signum, frame) -> None:
@@ -298,27 +309,22 @@ def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
             except ProcessLookupError:
                 pass
 
-    def reload(signum, frame) -> None:
-        nonlocal running_config
-        systemd.notify_reloading("reloading the configuration")
-        loaded, line = hacheck.reload.reload(running_config, args.config_file)
-        if loaded is None:
-            log.error("%s", line)
-        else:
-            running_config = loaded.config
-            line += reload_workers()
-            log.info("%s", line)
-        systemd.notify_ready(line)
+    def reload_workers(new_config: Config) -> str:
+        """Keep ``new_config`` for new workers, SIGHUP every worker and wait (bounded) until each has answered.
 
-    def reload_workers() -> str:
-        """SIGHUP to every worker, then wait (bounded) until each has answered; a note for the log line."""
+        Returns a note for the log line.
+        """
+        nonlocal running_config, reloads
+        running_config = new_config
+        reloads += 1
         try:
             while os.read(reload_ack_read, 4096):  # answers that came too late for an earlier reload
                 pass
         except BlockingIOError:
             pass
-        expected = len(workers)
-        for pid in list(workers):
+        ready = [pid for pid in workers if pid not in starting]
+        expected = len(ready)
+        for pid in ready:
             try:
                 os.kill(pid, signal.SIGHUP)
             except ProcessLookupError:
@@ -335,13 +341,16 @@ def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
                 except BlockingIOError:
                     pass
         reloaded = answers.count(b"1")
-        if reloaded == len(workers):
-            return f"; all {reloaded} workers reloaded"
-        return f"; only {reloaded} of {len(workers)} workers reloaded (see their log lines)"
+        note = f"; all {reloaded} workers reloaded" if reloaded == len(ready) else \
+            f"; only {reloaded} of {len(ready)} workers reloaded (see their log lines)"
+        if starting:
+            note += f"; {len(starting)} starting worker(s) reload once ready"
+        return note
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, forward)
-    signal.signal(signal.SIGHUP, reload)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_config(args.config_file, running_config,
+                                                                     reload_workers, SystemdNotifier()))
     for _ in range(args.num_procs):
         if stopping:
             break

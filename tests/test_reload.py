@@ -154,9 +154,7 @@ def test_every_worker_reloads(hacheck_daemon, tmp_path):
     config, first_log, moved_log = tmp_path / "hacheck.yaml", tmp_path / "first.log", tmp_path / "moved.log"
     write_config(config, log_path=str(first_log))
     daemon = hacheck_daemon(config=str(config), args=["-n", "2"])
-    deadline = time.monotonic() + WAIT
-    while len(children(daemon.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert len(wait_for_line(first_log.read_text, "listening on", 2)) == 2  # both workers are ready
     workers = children(daemon.pid)
     assert len(workers) == 2
     assert post_down(daemon.port) == 403
