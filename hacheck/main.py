@@ -34,6 +34,9 @@ MAX_REQUEST_BODY = 64 * 1024
 # Tornado's default of 128 overflows when many checks arrive at once, and an
 # overflowed connection waits seconds for a SYN-ACK retransmission.
 LISTEN_BACKLOG = 4096
+# How long a stop waits for connections already accepted to send their request and be
+# answered, beyond the checks in flight (which may take healthcheck_timeout).
+STOP_IDLE_GRACE = 1.0
 # With -n, how long the supervisor waits for every worker to say it reloaded before it reports the reload done.
 WORKER_RELOAD_WAIT = 5.0
 
@@ -236,7 +239,12 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     agent.stop()
     # The bound on stopping: healthcheck_timeout (of the running configuration) plus a little.
     deadline = loop.time() + state.config.healthcheck_timeout + 2.0
-    while state.requests_in_flight > 0 and loop.time() < deadline:
+    # A connection accepted just before the stop has not sent its request yet: closing it would
+    # answer nothing (HAProxy: a failed check). Connections close themselves once answered
+    # (checks ask for one answer); an idle keep-alive one is closed after STOP_IDLE_GRACE.
+    idle_deadline = loop.time() + STOP_IDLE_GRACE
+    while loop.time() < deadline and (state.requests_in_flight > 0
+                                      or (server.open_connections > 0 and loop.time() < idle_deadline)):
         await asyncio.sleep(0.05)
     try:
         await asyncio.wait_for(server.close_all_connections(), 2.0)

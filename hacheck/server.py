@@ -77,7 +77,21 @@ def add_pausing_accept_handler(sock: socket.socket, callback: Callable[[socket.s
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTP server with ``add_pausing_accept_handler`` as its accept loop."""
+    """Tornado's HTTP server with ``add_pausing_accept_handler`` as its accept loop.
+
+    ``open_connections`` counts the connections accepted and not yet closed, so
+    that a stop can let the ones just accepted send their request and be answered.
+    """
+
+    open_connections = 0
+
+    def handle_stream(self, stream, address) -> None:
+        self.open_connections += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn) -> None:
+        self.open_connections -= 1
+        super().on_close(server_conn)
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:

@@ -374,6 +374,9 @@ def box():
         for script in (HERE / "container").glob("*.py"):
             shutil.copy(script, ci / script.name)
         (root / "etc" / "haproxy" / "haproxy.cfg").write_text(HAPROXY_CFG)
+        # A host name that resolves, as the Debian installer sets it up (hacheck looks up its own).
+        (root / "etc" / "hostname").write_text("hacheck-ci\n")
+        (root / "etc" / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\thacheck-ci\n")
         container = Container(work, root)
         container.version = debs["version"]
         container.boot()
