@@ -32,6 +32,9 @@ from typing import Dict, List, Optional
 
 import pytest
 
+# The first run on a machine makes the root with debootstrap (minutes on a slow mirror).
+pytestmark = pytest.mark.timeout(1500)
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 OPT_IN = "HACHECK_SYSTEM_TEST"
@@ -487,11 +490,22 @@ def test_upgrade_to_a_newer_build_refuses_no_connection(box):
     assert (figures["failed"], figures["chkfail"]) == (0, 0), figures
 
 
-def test_journal_has_no_warning_or_error(box):
-    journal = box.journal()
-    assert "hacheck" in journal
-    bad = [line for line in journal.splitlines() if re.search(r"\b(WARNING|ERROR)\b", line)]
-    assert not bad, "\n".join(bad)
+AGENT_PORT = 3334
+AGENT_DROP_IN = "/etc/systemd/system/hacheck.service.d/agent.conf"
+
+
+def test_an_agent_port_from_the_documented_drop_in(box):
+    box.run("mkdir -p /etc/systemd/system/hacheck.service.d")
+    box.write(AGENT_DROP_IN, f"[Unit]\nWants=hacheck-agent@{AGENT_PORT}.socket\n"
+                             f"After=hacheck-agent@{AGENT_PORT}.socket\n")
+    box.run("systemctl daemon-reload && systemctl restart hacheck && hadown -r 'agent test' agentsvc")
+    assert box.show(f"hacheck-agent@{AGENT_PORT}.socket", "FileDescriptorName") == "agent"
+    answer = box.run("python3 -c 'import socket, sys; s = socket.create_connection((\"127.0.0.1\", "
+                     f"{AGENT_PORT}), 10); s.sendall(b\"agentsvc\\n\"); print(s.recv(200).decode())'").stdout
+    assert answer.startswith("maint #agent test"), answer
+    box.run(f"haup agentsvc && rm -r {AGENT_DROP_IN} /etc/systemd/system/hacheck.service.d "
+            f"&& systemctl stop hacheck-agent@{AGENT_PORT}.socket && systemctl daemon-reload "
+            "&& systemctl restart hacheck")
 
 
 def test_purge_leaves_nothing_but_the_spool(box):
@@ -599,6 +613,25 @@ def test_a_site_that_deletes_its_unit_gets_the_packages_socket_and_unit(box):
         assert box.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
         assert box.run(f"systemctl is-active {unit}").stdout.strip() == "active"
     assert site_view(box) == before
+
+
+def test_purge_keeps_a_sites_link_made_after_the_package_enabled_its_units(box):
+    # The package's units are enabled (the test before); the site goes back to a unit of its own.
+    box.write(SITE_UNIT, SITE_UNIT_TEXT)
+    box.run("systemctl daemon-reload && systemctl reenable hacheck && systemctl restart hacheck")
+    link = "/etc/systemd/system/multi-user.target.wants/hacheck.service"
+    assert box.run(f"readlink {link}").stdout.strip() == SITE_UNIT
+    box.run("apt-get purge -y -q hacheck")
+    assert box.run(f"readlink {link}").stdout.strip() == SITE_UNIT
+    assert box.run(f"cat {SITE_UNIT}").stdout == SITE_UNIT_TEXT
+    assert box.run("test -L /etc/systemd/system/sockets.target.wants/hacheck.socket", check=False).returncode != 0
+
+
+def test_journal_has_no_warning_or_error(box):
+    journal = box.journal()
+    assert "hacheck" in journal
+    bad = [line for line in journal.splitlines() if re.search(r"\b(WARNING|ERROR)\b", line)]
+    assert not bad, "\n".join(bad)
 
 
 def test_figures(box):
