@@ -114,3 +114,25 @@ async def test_cache_keeps_working_after_a_burst_of_distinct_keys_expires():
     assert await cache.get_or_run("late", run) == "value-late"
     assert await cache.get_or_run("new", run) == "ok-1"
     assert len(calls) == 1
+
+
+@pytest.mark.gen_test
+async def test_clear_forgets_answers_and_does_not_store_a_check_from_before():
+    cache = CheckCache(ttl=10)
+    started = []
+
+    async def run():
+        started.append(1)
+        label = f"run-{len(started)}"
+        await asyncio.sleep(0.05)
+        return label
+
+    assert await cache.get_or_run("cached", run) == "run-1"
+    before = asyncio.ensure_future(cache.get_or_run("in flight", run))
+    await asyncio.sleep(0.01)
+    cache.clear()  # a reload that changed what answers depend on
+    after = await cache.get_or_run("in flight", run)  # does not join the check from before
+    assert (await before, after) == ("run-2", "run-3")
+    assert len(cache) == 1  # only the answer from after the clear
+    assert await cache.get_or_run("in flight", run) == "run-3"
+    assert await cache.get_or_run("cached", run) == "run-4"
