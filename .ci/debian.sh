@@ -90,9 +90,9 @@ wait_port() {  # wait_port PORT PID LOG
 AS_HACHECK=(setpriv --reuid=hacheck --regid=hacheck --init-groups --)
 
 step "build dependencies"
-# debian/control's Build-Depends (help2man runs each tool's --help, so the
-# runtime libraries too), and what this script uses.
-BUILD_DEPS=(build-essential dpkg-dev debhelper dh-python help2man python3-all python3-setuptools
+# debian/control's Build-Depends, and what this script uses (man-db: the
+# manual pages behind the unit's Documentation= are looked up with man).
+BUILD_DEPS=(build-essential dpkg-dev debhelper dh-python man-db python3-all python3-setuptools
             python3-asyncpg python3-pymysql python3-prometheus-client python3-redis python3-tornado python3-yaml
             lintian systemd logrotate util-linux)
 if ! apt-get install -y -qq --no-install-recommends "${BUILD_DEPS[@]}" >"$WORK/apt.log" 2>&1; then
@@ -115,6 +115,8 @@ for tool in "${TOOLS[@]}"; do
     grep -q " \./usr/bin/$tool\$" <<<"$CONTENTS" || fail "the package has no /usr/bin/$tool"
     grep -q " \./usr/share/man/man1/$tool\.1\.gz\$" <<<"$CONTENTS" || fail "the package has no man page for $tool"
 done
+grep -q " \./usr/share/man/man5/hacheck\.yaml\.5\.gz\$" <<<"$CONTENTS" || fail "the package has no hacheck.yaml(5)"
+grep -q " \./usr/share/doc/hacheck/docs/debian\.md\$" <<<"$CONTENTS" || fail "the package has no docs/debian.md"
 if grep -q 'dist-packages/tests/' <<<"$CONTENTS"; then fail "the package ships the test suite"; fi
 echo "   $(basename "$DEB"), $(stat -c %s "$DEB") bytes"
 
@@ -124,6 +126,10 @@ cd /
 step "lintian (errors fail)"
 lintian --allow-root --fail-on error "$WORK"/hacheck_*.changes \
     || fail "lintian found errors"
+# The manual pages: no lintian tag of any level about them.
+man_tags="$(lintian --allow-root -I -E --pedantic "$WORK"/hacheck_*.changes 2>&1 \
+    | grep -Ei 'manpage|manual|groff|whatis' || true)"
+[ -z "$man_tags" ] || fail "lintian on the manual pages: $man_tags"
 
 step "apt install ./$(basename "$DEB")"
 if dpkg -s hacheck >/dev/null 2>&1; then

@@ -36,7 +36,7 @@ class Config:
     healthcheck_timeout: float = 10.0
     max_clients: int = 10
     metrics_per_service: bool = False
-    # None keeps the original behaviour; a tuple of networks restricts (README: "Security and bad input").
+    # None keeps the original behaviour; a tuple of networks restricts (docs/security.md, "Configuration keys").
     remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = None
     check_host_allowed_networks: Optional[Tuple[Network, ...]] = None
     source: Optional[str] = field(default=None, compare=False)

@@ -1,4 +1,4 @@
-"""Configuration (COMPAT.md section 5): every key, its default, wrong types, unknown keys, empty files."""
+"""Configuration (docs/daemon.md, "Configuration"): every key, its default, wrong types, unknown keys, empty files."""
 
 import pytest
 
@@ -66,7 +66,7 @@ def test_defaults_without_a_file():
         assert getattr(config, key) == value, key
 
 
-def test_every_compat_key_is_known():
+def test_every_documented_key_is_known():
     assert set(DEFAULTS) <= {field for field in Config.__dataclass_fields__}
 
 

@@ -1,4 +1,4 @@
-"""The HTTP API (COMPAT.md section 2) through a real Tornado server, against real upstreams on loopback."""
+"""The HTTP API (docs/daemon.md, "Checking a service") through a real Tornado server, against real upstreams."""
 
 import asyncio
 import json

@@ -1,4 +1,4 @@
-"""A real HAProxy health-checking a backend through a real hacheck (COMPAT.md section 2, as deployed).
+"""A real HAProxy health-checking a backend through a real hacheck (docs/haproxy.md, as deployed).
 
 HAProxy checks every 200ms with ``fall 2 rise 2``; its view of the server is
 read from its stats socket (``show stat``) until a deadline.

@@ -27,7 +27,7 @@ SPOOL_BOUND = 0.050
 # together for a while. Sent all in the same millisecond instead, no single Tornado
 # process answers anything else within 50 ms while it reads them and opens their
 # upstream connections: bench/burst.py measures that burst against a bare Tornado
-# application doing the same fetches (README, "A thousand checks in one burst").
+# application doing the same fetches (docs/development.md, "A thousand checks in one burst").
 THOUSAND_TIMEOUT = 3.0
 BATCH, PAUSE = 25, 0.05
 
