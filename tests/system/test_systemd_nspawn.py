@@ -226,7 +226,7 @@ class Container:
         self.init_pid = 0
         self.figures: List[tuple] = []
         self.version = ""  # the package's version, as built
-        self.files_before_purge = ""  # the original's site, before the purge
+        self.files_before_purge: Dict[str, str] = {}  # the original's site, before the purge
 
     def boot(self) -> None:
         log = open(self.work / "nspawn.log", "wb")
@@ -546,11 +546,12 @@ def site_view(box) -> dict:
             "tools": {command: box.run(command).stdout for command in TOOL_COMMANDS}}
 
 
-def site_files(box) -> str:
-    """The site's own files and links, with their content and targets."""
-    return box.run("for f in /etc/systemd/system/hacheck.service /etc/hacheck.yaml /var/spool/hacheck/*; do "
-                   "echo \"== $f\"; cat \"$f\"; done; "
-                   "readlink /etc/systemd/system/multi-user.target.wants/hacheck.service").stdout
+def site_files(box) -> dict:
+    """The site's own unit, its enable link, /etc/hacheck.yaml and the spool, as they are."""
+    return {"unit": box.run(f"cat {SITE_UNIT}").stdout,
+            "link": box.run("readlink /etc/systemd/system/multi-user.target.wants/hacheck.service").stdout,
+            "config": box.run("cat /etc/hacheck.yaml").stdout,
+            "spool": box.run("cd /var/spool/hacheck && for f in *; do echo \"== $f\"; cat \"$f\"; done").stdout}
 
 
 def test_upgrade_of_the_originals_package_keeps_the_site_unit_and_every_answer(box):
@@ -591,7 +592,9 @@ def test_upgrade_of_the_originals_package_keeps_the_site_unit_and_every_answer(b
     assert [answer[0] for answer in answers.values()] == [200, 200, 503], answers
     box.run("hadown -r 'back as before' alpha && haup eta && hadown -r 'json reason' beta -P 8080")
     box.files_before_purge = site_files(box)
-    assert files.split("== /var/spool")[0] == box.files_before_purge.split("== /var/spool")[0]
+    assert files["link"].strip() == SITE_UNIT
+    for kept in ("unit", "link", "config"):
+        assert box.files_before_purge[kept] == files[kept], kept
 
 
 def test_purge_leaves_the_sites_unit_its_link_config_and_spool(box):
