@@ -177,7 +177,10 @@ def run(args) -> dict:
         processes.start([sys.executable, __file__, "--serve-fetching", str(ceiling_port),
                          "--timeout", str(args.timeout), "--checks", str(args.checks)])
         bench.wait_until_answering(ceiling_port)
-        config = f"healthcheck_timeout: {args.timeout}\nmax_clients: {args.checks}\nrlimit_nofile: max\n"
+        # Every check of the burst goes to one upstream from one client: the per-target and per-client
+        # bounds are opened as wide as max_clients, so that all of them are sent as the ceiling sends them.
+        config = (f"healthcheck_timeout: {args.timeout}\nmax_clients: {args.checks}\nrlimit_nofile: max\n"
+                  f"max_checks_per_target: {args.checks}\nmax_checks_per_client: {args.checks}\n")
         _, hacheck_port, _ = processes.hacheck("burst", cache_time=args.timeout, workers=args.workers,
                                                settings=config)
         urllib.request.urlopen(f"http://127.0.0.1:{hacheck_port}/spool/probe/80").read()

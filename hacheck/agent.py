@@ -12,7 +12,11 @@ import logging
 import re
 from typing import List, Optional, Tuple
 
+from hacheck.activity import Activity
+from hacheck.metrics import Metrics
+from hacheck.names import PORT_PATTERN, SERVICE_PATTERN, InvalidName, check_service_name, parse_port
 from hacheck.spool import ALL, Spool, SpoolError
+from hacheck.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +28,17 @@ MAX_LINE_BYTES = 1024
 # HAProxy keeps a short description (it truncates anyway); keep the answer one small line.
 MAX_REASON_CHARS = 200
 
-_REQUEST = re.compile(r"(?P<service>[.a-zA-Z0-9_-]+)(?:[:/](?P<port>[0-9]{1,5}))?")
+_REQUEST = re.compile(rf"(?P<service>{SERVICE_PATTERN})(?:[:/](?P<port>{PORT_PATTERN}))?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 ANSWER_UP = "up ready"
 ANSWER_DOWN = "maint"
 ANSWER_DRAIN = "drain"
+
+# How agent requests are counted (the protocol label, and the code /spool would answer for each word).
+AGENT_PROTOCOL = "agent"
+ANSWER_CODES = {"up": 200, ANSWER_DOWN: 503, ANSWER_DRAIN: 404}
+BAD_REQUEST_CODE = 400
 
 
 class BadAgentRequest(ValueError):
@@ -45,14 +54,10 @@ def parse_request(line: str) -> Tuple[Optional[str], Optional[int]]:
     if match is None:
         raise BadAgentRequest(f"invalid request {text[:60]!r}: expected SERVICE, SERVICE/PORT or SERVICE:PORT")
     service, port_text = match.group("service"), match.group("port")
-    if service in (".", ".."):
-        raise BadAgentRequest(f"invalid service name {service!r}")
-    if port_text is None:
-        return service, None
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise BadAgentRequest(f"invalid port {port_text} (1-65535)")
-    return service, port
+    try:
+        return check_service_name(service), None if port_text is None else parse_port(port_text)
+    except InvalidName as err:
+        raise BadAgentRequest(str(err)) from None
 
 
 def describe(reason: str) -> str:
@@ -82,9 +87,15 @@ def _find_all(spool: Spool):
 class AgentServer:
     """Serves the agent protocol on already bound listening sockets (one per worker, like HTTP)."""
 
-    def __init__(self, spool: Spool, read_timeout: float = DEFAULT_READ_TIMEOUT):
+    def __init__(self, spool: Spool, read_timeout: float = DEFAULT_READ_TIMEOUT,
+                 activity: Optional[Activity] = None, metrics: Optional[Metrics] = None,
+                 warnings: Optional[ThrottledLog] = None):
+        """``activity`` and ``metrics`` (the daemon's) count each request as HTTP checks are counted."""
         self.spool = spool
         self.read_timeout = read_timeout
+        self.activity = activity
+        self.metrics = metrics
+        self.warnings = warnings or ThrottledLog(log)
         self._servers: List[asyncio.AbstractServer] = []
         self._connections = set()
 
@@ -122,22 +133,35 @@ class AgentServer:
         request, problem = await self._read_request(reader)
         if problem is not None:
             log.debug("agent request from %s refused: %s", peer, problem)
+            self._count(peer, None, BAD_REQUEST_CODE)
             return f"#hacheck: {problem}"
         try:
             line = request.decode("ascii")
             service, port = parse_request(line)
         except UnicodeDecodeError:
+            self._count(peer, None, BAD_REQUEST_CODE)
             return "#hacheck: invalid request: not ASCII"
         except BadAgentRequest as err:
             log.debug("agent request from %s refused: %s", peer, err)
+            self._count(peer, None, BAD_REQUEST_CODE)
             return f"#hacheck: {describe(str(err))}"
         try:
             answer = answer_for(self.spool, service, port)
         except SpoolError as err:
-            log.error("agent: %s", err)
-            return f"#hacheck: {describe(str(err))}"
+            # As the HTTP checks answer 503: nobody can tell whether the service is down.
+            self.warnings.error("agent spool unreadable", "agent: %s: every agent request answers maint", err)
+            answer = f"{ANSWER_DOWN} #hacheck: {describe(str(err))}"
         log.debug("agent %s asked %r: %s", peer, line.strip(), answer)
+        self._count(peer, service, ANSWER_CODES[answer.split(" ", 1)[0]])
         return answer
+
+    def _count(self, peer, service: Optional[str], code: int) -> None:
+        """One request in /recent, /status/count and /metrics, with the code /spool would have answered."""
+        if self.metrics is not None:
+            self.metrics.count_request(AGENT_PROTOCOL, service or "", code)
+        if self.activity is not None and service is not None:
+            client_ip = peer[0] if isinstance(peer, tuple) and peer else ""
+            self.activity.record(service, client_ip, code)
 
     async def _read_request(self, reader: asyncio.StreamReader) -> Tuple[bytes, Optional[str]]:
         """The first line (without its newline), or what came before EOF or the read timeout.

@@ -10,13 +10,15 @@ import tornado.web
 
 from hacheck import __version__
 from hacheck.activity import Activity
+from hacheck.agent import AGENT_PROTOCOL
 from hacheck.cache import CheckCache
-from hacheck.checks import REGISTRY
 from hacheck.checks.base import SharedResources
 from hacheck.config import CACHE_SHAPING_KEYS, Config
-from hacheck.handlers import NotFoundHandler, routes
+from hacheck.handlers import ROUTE_NAMES, NotFoundHandler, routes
+from hacheck.inflight import InFlightChecks
 from hacheck.metrics import Metrics
 from hacheck.spool import Spool
+from hacheck.throttled_log import ThrottledLog
 from hacheck.tornado_stats import TornadoStats, tornado_stats_if_available
 
 log = logging.getLogger(__name__)
@@ -36,22 +38,34 @@ class DaemonState:
     version: str = __version__
     requests_in_flight: int = 0
     tornado_stats: Optional[TornadoStats] = None
+    # Why /mutornadomon is not served, for its 404 (None when it is).
+    tornado_stats_problem: Optional[str] = "the daemon was started without /mutornadomon"
     metrics: Optional[Metrics] = None
     # False with -S: HTTP checks report only the real check; downtimes go through the agent.
     spool_on_http: bool = True
+    # Uncached checks in flight per target and per client (max_checks_per_target, max_checks_per_client).
+    in_flight_checks: InFlightChecks = field(init=False)
+    # Warnings that may repeat with every request, logged at most once per log_repeat_interval.
+    warnings: Optional[ThrottledLog] = None
+
+    def __post_init__(self) -> None:
+        if self.warnings is None:
+            self.warnings = ThrottledLog(log, self.config.log_repeat_interval)
+        self.in_flight_checks = InFlightChecks(lambda: self.config)
+        self.apply_config(self.config)
 
     def apply_config(self, config: Config) -> None:
-        """Take over a reloaded configuration for the next requests.
-
-        Handlers read ``self.config`` per request; objects built from the
-        configuration follow it here. The cached answers stay unless a key they
-        depend on changed.
+        """Use ``config`` from now on (at start and on reload): the one place where objects that
+        keep a copy of a key are told. Handlers read ``self.config`` per request. The cached
+        answers stay unless a key they depend on changed.
         """
         running, self.config = self.config, config
-        self.cache.ttl = config.cache_time
         if any(key in CACHE_SHAPING_KEYS for key in running.changed_keys(config)):
             self.cache.clear()
         self.resources.apply_config(config)
+        self.cache.reconfigure(config.cache_time, config.cache_max_entries)
+        self.activity.max_pairs = config.access_counts_max_pairs
+        self.warnings.interval = config.log_repeat_interval
 
     def close(self) -> None:
         if self.tornado_stats is not None:
@@ -83,7 +97,8 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
     ``with_mutornadomon`` needs a current IOLoop (it starts a periodic callback).
     ``spool_on_http=False`` (``-S``) makes check routes other than /spool ignore downtimes.
     """
-    metrics = Metrics(spool, REGISTRY, per_service=config.metrics_per_service)
+    metrics = Metrics(spool, ROUTE_NAMES, per_service=config.metrics_per_service,
+                      request_only_protocols=[AGENT_PROTOCOL])
     state = DaemonState(
         config=config,
         spool=spool,
@@ -98,7 +113,7 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
     table = routes(state)
     log_function = _access_log if access_log else None
     if with_mutornadomon:
-        state.tornado_stats = tornado_stats_if_available()
+        state.tornado_stats, state.tornado_stats_problem = tornado_stats_if_available()
     if state.tornado_stats is not None:
         table.append(state.tornado_stats.route())
         log_function = state.tornado_stats.counting_requests(log_function)

@@ -3,7 +3,10 @@
 The cache knows nothing about protocols: it runs a coroutine for a key. N
 callers asking for the same key while its check runs all wait for that one
 check. Entries expire ``ttl`` seconds after they were stored and are removed
-as time passes, so memory stays bounded however many distinct keys pass through.
+as time passes, and at most ``max_entries`` are kept (the oldest go first), so
+memory stays bounded however many distinct keys pass through. A value whose
+``is_verdict`` is False (a check that never reached its service) is handed to
+the callers waiting for it but never stored.
 """
 
 import asyncio
@@ -15,7 +18,9 @@ import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, Optional, Tuple
 
-COUNTER_NAMES = ("gets", "hits", "misses", "sets", "expirations", "coalesced")
+COUNTER_NAMES = ("gets", "hits", "misses", "sets", "expirations", "coalesced", "evictions", "not_stored")
+# Results kept at most (configuration: ``cache_max_entries``).
+DEFAULT_MAX_ENTRIES = 10000
 
 # A dict never gives back the table it grew to, request objects caught in
 # reference cycles wait for a full garbage collection, and freed memory stays
@@ -67,8 +72,9 @@ class CacheObserver:
 
 class CheckCache:
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 observer: Optional[CacheObserver] = None):
+                 observer: Optional[CacheObserver] = None, max_entries: int = DEFAULT_MAX_ENTRIES):
         self.ttl = ttl
+        self.max_entries = max_entries
         self._clock = clock
         # Told about hits, misses, ... as they happen; None when nobody needs telling.
         self.observer = observer
@@ -90,8 +96,36 @@ class CheckCache:
         return len(self._in_flight)
 
     def stats(self) -> Dict[str, int]:
-        """The counters and current size, for ``/status``."""
-        return {**self.counters, "size": len(self._entries), "in_flight": len(self._in_flight)}
+        """The counters, current size and bound, for ``/status``."""
+        return {**self.counters, "size": len(self._entries), "max_entries": self.max_entries,
+                "in_flight": len(self._in_flight)}
+
+    def reconfigure(self, ttl: float, max_entries: int) -> None:
+        """New ``cache_time`` and ``cache_max_entries`` (a configuration reload calls this).
+
+        A new ttl empties the cache (insertion order must stay expiry order);
+        otherwise the oldest entries beyond the new bound go at once.
+        """
+        before = len(self._entries)
+        if ttl != self.ttl:
+            self._entries.clear()
+            self._next_expiry = float("inf")
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._evict_oldest(len(self._entries) - max_entries)
+        if self.observer is not None and len(self._entries) != before:
+            self.observer.expired(before - len(self._entries), len(self._entries))
+
+    def running(self, key: Hashable) -> bool:
+        """Whether a check for ``key`` is in flight (a caller of ``get_or_run`` would join it)."""
+        return key in self._in_flight
+
+    def _evict_oldest(self, count: int) -> None:
+        entries = self._entries
+        for _ in range(min(count, len(entries))):
+            entries.popitem(last=False)
+            self.counters["evictions"] += 1
+        self._next_expiry = next(iter(entries.values()))[0] if entries else float("inf")
 
     def _evict_expired(self, now: float) -> None:
         entries = self._entries
@@ -151,8 +185,9 @@ class CheckCache:
     async def get_or_run(self, key: Hashable, run: Callable[[], Awaitable[Any]], bypass: bool = False) -> Any:
         """A fresh cached value for ``key``, else the value of ``run()``, shared by concurrent callers.
 
-        ``bypass`` (``Pragma: no-cache``) skips the cached value and the shared
-        check and runs a new one, whose result is then stored for others.
+        ``bypass`` (``Pragma: no-cache``) skips the cached value, but joins a
+        check already in flight (whose answer is no older than the request) or
+        runs a new one that others join, whose result is then stored for others.
         """
         counters = self.counters
         if bypass:
@@ -164,19 +199,17 @@ class CheckCache:
             if value is not None:
                 return value
         counters["gets"] += 1
-        if not bypass:
-            pending = self._in_flight.get(key)
-            if pending is not None:
-                counters["coalesced"] += 1
-                if self.observer is not None:
-                    self.observer.coalesced()
-                return await asyncio.shield(pending)
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            counters["coalesced"] += 1
+            if self.observer is not None:
+                self.observer.coalesced()
+            return await asyncio.shield(pending)
         counters["misses"] += 1
         if self.observer is not None:
             self.observer.miss()
         task = asyncio.ensure_future(run())
-        if not bypass:
-            self._in_flight[key] = task
+        self._in_flight[key] = task
         generation = self._generation
         task.add_done_callback(lambda done: self._finish(key, done, generation))
         # A caller that goes away must not cancel the check others are waiting for.
@@ -185,11 +218,24 @@ class CheckCache:
     def _finish(self, key: Hashable, task: "asyncio.Future[Any]", generation: int) -> None:
         if self._in_flight.get(key) is task:
             del self._in_flight[key]
-        if task.cancelled() or task.exception() is not None or self.ttl <= 0 or generation != self._generation:
+        if not task.cancelled() and task.exception() is None and generation == self._generation:
+            self.store(key, task.result())
+
+    def store(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` for ``key`` for ttl seconds, letting the oldest entries go when full.
+
+        A value whose ``is_verdict`` is False is refused (counted as ``not_stored``).
+        """
+        if self.ttl <= 0:
+            return
+        if not getattr(value, "is_verdict", True):
+            self.counters["not_stored"] += 1
             return
         self._entries.pop(key, None)
+        if len(self._entries) >= self.max_entries:
+            self._evict_oldest(len(self._entries) - self.max_entries + 1)
         expires_at = self._clock() + self.ttl
-        self._entries[key] = (expires_at, task.result())
+        self._entries[key] = (expires_at, value)
         if expires_at < self._next_expiry:
             self._next_expiry = expires_at
         self.counters["sets"] += 1

@@ -7,13 +7,10 @@ exit code: 0 success, 1 a failure (or, for hastatus, "something is down"),
 """
 
 import argparse
-import datetime
 import http.client
 import json
-import math
 import os
 import pwd
-import re
 import sys
 import textwrap
 import time
@@ -21,6 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Callable, Dict, List, Optional, Sequence
 
+from hacheck.names import MAX_NAME_BYTES, SERVICE_CHARACTERS, InvalidName, check_host, check_service_name, parse_port
 from hacheck.spool import (
     ALL,
     DEFAULT_SPOOL_ROOT,
@@ -28,10 +26,13 @@ from hacheck.spool import (
     STATE_DOWN,
     STATE_DRAIN,
     Downtime,
+    InvalidExpiration,
     InvalidServiceName,
     Spool,
     SpoolError,
+    parse_expiration,
     spool_filename,
+    utc_text,
 )
 
 ACTIONS = ("up", "down", "status", "status_downed", "list")
@@ -46,10 +47,6 @@ NOT_HUMAN_MESSAGE = "please use --reason option to tell us who you REALLY are"
 DEFAULT_DAEMON_PORT = 3333
 DAEMON_TIMEOUT = 3.0
 MAX_RECENT_BYTES = 16 * 1024 * 1024
-MAX_FILENAME_BYTES = 255  # NAME_MAX of common Linux file systems
-
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class UsageError(Exception):
@@ -84,7 +81,8 @@ output lines:
       downtimes, SERVICE reads SERVICE:HOST:PORT (HOST empty for 127.0.0.1).
   SERVICE last_response=JSON          (list)
   --json: one JSON object per line with status, service, host, port,
-      reason, creation, expiration and state ("down", "drain"; null when up).
+      reason, creation, expiration and state ("down", "drain"; null when up);
+      for list, with service and last_response.
 
 exit codes:
   0 success (status: everything asked about is up)
@@ -100,12 +98,9 @@ environment:
 
 def _port(text: str) -> int:
     try:
-        port = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
-    return port
+        return parse_port(text)
+    except InvalidName as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentParser:
@@ -125,7 +120,8 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument(
         "services", nargs="*", metavar="SERVICE",
         help="service names (up, down and status need at least one; "
-             "status_downed and list take none); 'all' means the whole machine",
+             "status_downed and list take none); 'all' means the whole machine. "
+             f"down takes only names a check URL can hold: {SERVICE_CHARACTERS}",
     )
     parser.add_argument(
         "--spool-root", metavar="DIR", default=DEFAULT_SPOOL_ROOT,
@@ -139,7 +135,8 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument(
         "-e", "--expiration", metavar="WHEN",
         help="down: when the downtime ends, as a unix time (1767225600) or a "
-             "duration from now (90s, 30m, 2h, 1d); default: never",
+             "duration from now (90s, 30m, 2h, 1d); default: never. A unix time "
+             "already past writes an expired downtime (the service stays up) and warns",
     )
     parser.add_argument(
         "-P", "--service-port", metavar="PORT", type=_port,
@@ -148,7 +145,8 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     parser.add_argument(
         "-H", "--service-host", metavar="HOST",
         help="with -P: only the service on this host and port "
-             "(as the daemon sees it from X-Nerve-Check-IP / HAProxy's address)",
+             "(as the daemon sees it from X-Nerve-Check-IP / HAProxy's address): "
+             "an IP address or a host name",
     )
     parser.add_argument(
         "-p", "--port", metavar="PORT", type=_port, default=DEFAULT_DAEMON_PORT,
@@ -162,43 +160,9 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     )
     parser.add_argument(
         "--json", action="store_true",
-        help="status, status_downed: print one JSON object per line instead of text",
+        help="status, status_downed, list: print one JSON object per line instead of text",
     )
     return parser
-
-
-def parse_expiration(text: str, now: Optional[float] = None) -> float:
-    """A unix time from ``-e``: a unix time, or now plus a duration such as 90s, 30m, 2h, 1d."""
-    now = time.time() if now is None else now
-    text = text.strip()
-    duration = _DURATION.fullmatch(text)
-    if duration:
-        seconds = float(duration.group(1)) * _DURATION_UNITS[duration.group(2)]
-        if seconds <= 0:
-            raise UsageError(f"expiration {text!r}: a duration must be longer than zero")
-        return now + seconds
-    try:
-        expiration = float(text)
-    except ValueError:
-        raise UsageError(
-            f"expiration {text!r} is neither a unix time nor a duration such as 90s, 30m, 2h or 1d"
-        ) from None
-    if not math.isfinite(expiration):
-        raise UsageError(f"expiration {text!r} is not a time")
-    if expiration <= now:
-        raise UsageError(
-            f"expiration {text} ({_utc(expiration)}) is in the past; "
-            f"for a duration write a unit, e.g. {text}s"
-        )
-    return expiration
-
-
-def _utc(timestamp: float) -> str:
-    try:
-        moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return "out of range"
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # ---------------------------------------------------------------- output
@@ -279,7 +243,16 @@ def default_reason() -> Optional[str]:
 def action_down(prog: str, spool: Spool, options) -> int:
     if options.service_port is not None and ALL in options.services:
         raise UsageError("'all' takes the whole machine down and cannot be limited to a port")
-    expiration = None if options.expiration is None else parse_expiration(options.expiration)
+    expiration = None
+    if options.expiration is not None:
+        try:
+            expiration = parse_expiration(options.expiration)
+        except InvalidExpiration as err:
+            raise UsageError(str(err)) from None
+        if expiration <= time.time():
+            # Scripts that run late rely on this: the downtime is written, already over.
+            _note(prog, f"warning: expiration {options.expiration.strip()} ({utc_text(expiration)}) is already "
+                        "past: the downtime is written expired and the service stays up")
     reason = options.reason or default_reason()
     if reason is None:
         _say(NOT_HUMAN_MESSAGE)
@@ -376,7 +349,10 @@ def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
 
 def action_list(prog: str, spool: Spool, options) -> int:
     for service, last_response in fetch_recent(options.port):
-        _say(f"{_printable(service)} last_response={json.dumps(last_response)}")
+        if options.json:
+            _say(json.dumps({"service": service, "last_response": last_response}))
+        else:
+            _say(f"{_printable(service)} last_response={json.dumps(last_response)}")
     return 0
 
 
@@ -396,20 +372,29 @@ def _check_usage(action: str, options) -> None:
         raise UsageError(f"{action} needs at least one service name")
     if action in ("status_downed", "list") and options.services:
         raise UsageError(f"{action} takes no service names")
-    if options.json and action not in ("status", "status_downed"):
-        raise UsageError("--json only applies to status and status_downed")
+    if options.json and action not in ("status", "status_downed", "list"):
+        raise UsageError("--json only applies to status, status_downed and list")
     if options.drain and action != "down":
         raise UsageError("--drain only applies to down")
 
 
-def _check_names(options) -> None:
-    """Refuse every bad name before touching the spool, so nothing is half done."""
+def _check_names(action: str, options) -> None:
+    """Refuse every bad name before touching the spool, so nothing is half done.
+
+    ``down`` writes only what a check URL or an agent request can name; the other
+    actions also take the names of older spool files, so those can be shown and removed.
+    """
+    if action == "down":
+        for service in options.services:
+            check_service_name(service)
+        if options.service_host is not None:
+            check_host(options.service_host)
     for service in options.services:
         try:
             filename = spool_filename(service, options.service_port, options.service_host)
         except InvalidServiceName as err:
             raise InvalidServiceName(f"{err} (names are files in the spool directory)") from None
-        if len(os.fsencode(filename)) > MAX_FILENAME_BYTES:
+        if len(os.fsencode(filename)) > MAX_NAME_BYTES:
             raise InvalidServiceName(f"invalid service name {service[:40] + '...'!r}: too long for a spool file name")
 
 
@@ -426,7 +411,7 @@ def run(prog: str, action: Optional[str], argv: Optional[Sequence[str]] = None) 
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         _check_usage(action, options)
-        _check_names(options)
+        _check_names(action, options)
         return ACTION_FUNCTIONS[action](prog, Spool(options.spool_root), options)
     except UsageError as err:
         parser.print_usage(sys.stderr)

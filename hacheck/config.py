@@ -7,11 +7,16 @@ the key and the file; an unknown key is only a warning, so old files keep workin
 """
 
 import dataclasses
+import difflib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
+
+from hacheck.activity import DEFAULT_MAX_PAIRS
+from hacheck.cache import DEFAULT_MAX_ENTRIES
+from hacheck.throttled_log import DEFAULT_REPEAT_INTERVAL
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -36,9 +41,16 @@ class Config:
     healthcheck_timeout: float = 10.0
     max_clients: int = 10
     metrics_per_service: bool = False
+    log_repeat_interval: float = DEFAULT_REPEAT_INTERVAL
     # None keeps the original behaviour; a tuple of networks restricts (docs/security.md, "Configuration keys").
     remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = None
     check_host_allowed_networks: Optional[Tuple[Network, ...]] = None
+    # Bounded tables and shared slots; read at request time.
+    cache_max_entries: int = DEFAULT_MAX_ENTRIES
+    access_counts_max_pairs: int = DEFAULT_MAX_PAIRS
+    # Uncached checks in flight that take an outbound slot: per (host, port), and per client address.
+    max_checks_per_target: int = 4
+    max_checks_per_client: int = 8
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
@@ -52,8 +64,7 @@ class Config:
         except OSError as err:
             raise ConfigError(f"{path}: cannot read configuration file: {err.strerror}") from err
         except yaml.YAMLError as err:
-            problem = str(err).splitlines()[0] if str(err) else "invalid YAML"
-            raise ConfigError(f"{path}: not a valid YAML file: {problem}") from err
+            raise ConfigError(f"{path}: not a valid YAML file: {_yaml_problem(err)}") from err
         except RecursionError:  # absurdly nested YAML
             raise ConfigError(f"{path}: not a valid YAML file: nested too deeply") from None
         return cls.from_mapping(document, source=path)
@@ -73,7 +84,7 @@ class Config:
         for key, raw in document.items():
             validator = _VALIDATORS.get(key) if isinstance(key, str) else None
             if validator is None:
-                warnings.append(f"{source}: unknown configuration key {key!r} ignored")
+                warnings.append(f"{source}: unknown configuration key {key!r} ignored{_suggestion(key)}")
                 continue
             try:
                 values[key] = validator(raw)
@@ -100,6 +111,26 @@ CACHE_SHAPING_KEYS = frozenset({
     "cache_time", "service_name_header", "http_headers_to_copy", "healthcheck_timeout",
     "mysql_username", "mysql_password", "postgresql_username", "postgresql_password", "postgresql_database",
 })
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where the YAML goes wrong and what is wrong there, on one line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or ["invalid YAML"])[0]
+    if mark is None:
+        return problem
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and context_mark.line != mark.line:
+        problem += f" ({context} at line {context_mark.line + 1})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _suggestion(key: Any) -> str:
+    """`` (did you mean 'cache_time'?)`` for a key close to a known one, else nothing."""
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key, _VALIDATORS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _number(minimum: float, allow_equal: bool) -> Callable[[Any], float]:
@@ -149,9 +180,15 @@ def _header_name(value: Any) -> Optional[str]:
     return name
 
 
+# What YAML 1.1 reads as a boolean when unquoted.
+_YAML_BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off"})
+
+
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.strip().lower() in _YAML_BOOLEAN_WORDS:
+        raise ValueError(f"expected true or false, got the string {value!r}: write it without quotes")
     raise ValueError(f"expected true or false, got {value!r}")
 
 
@@ -210,6 +247,11 @@ _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "healthcheck_timeout": _number(0, allow_equal=False),
     "max_clients": _positive_int,
     "metrics_per_service": _boolean,
+    "log_repeat_interval": _number(0, allow_equal=True),
     "remote_spool_allowed_networks": _networks,
     "check_host_allowed_networks": _networks,
+    "cache_max_entries": _positive_int,
+    "access_counts_max_pairs": _positive_int,
+    "max_checks_per_target": _positive_int,
+    "max_checks_per_client": _positive_int,
 }

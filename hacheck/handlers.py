@@ -11,18 +11,41 @@ import logging
 import os
 import re
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Awaitable, List, Optional, Sequence, Tuple
 
 import tornado.escape
 import tornado.httputil
 import tornado.web
 
-from hacheck.checks import QUERY_REQUIRED, REGISTRY, CheckContext, Target, run_check
-from hacheck.spool import LOCALHOST, STATE_DOWN, STATE_DRAIN, Downtime, SpoolError, spool_filename
+from hacheck.checks import REGISTRY, CheckResult, Target, check_context, check_key, run_check
+from hacheck.checks.base import not_reached
+from hacheck.inflight import InFlightChecks
+from hacheck.names import (
+    MAX_NAME_BYTES,
+    PORT_PATTERN,
+    SERVICE_CHARACTERS,
+    SERVICE_PATTERN,
+    InvalidName,
+    check_service_name,
+    is_host,
+    parse_port,
+)
+from hacheck.spool import (
+    LOCALHOST,
+    STATE_DOWN,
+    STATE_DRAIN,
+    Downtime,
+    InvalidExpiration,
+    SpoolError,
+    parse_expiration,
+    spool_filename,
+)
 
 log = logging.getLogger(__name__)
 
-SERVICE_PATTERN = r"[.a-zA-Z0-9_-]+"
+# The first part of a path: the spool route, then one per protocol (the metrics' protocol label).
+SPOOL_ROUTE = "spool"
+ROUTE_NAMES = (SPOOL_ROUTE, *REGISTRY)
 DEFAULT_RECENT_THRESHOLD = 600
 
 # The headers that may name another host (and port) to check than the URL's port on 127.0.0.1.
@@ -31,13 +54,10 @@ NERVE_CHECK_IP_HEADER = "X-Nerve-Check-IP"
 # The same names as HTTPHeaders keeps them, so one pass over a request's header names finds either.
 _TARGET_HEADER_NAMES = frozenset(tornado.httputil.HTTPHeaders({SERVER_STATE_HEADER: "", NERVE_CHECK_IP_HEADER: ""}))
 
-# Host names and IPv4/IPv6 literals: anything else in a header is not a host.
-_HOST_PATTERN = re.compile(r"^[A-Za-z0-9._:%-]{1,255}$")
-_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-# ASCII digits only: str.isdigit() also accepts "¹", which int() refuses.
-_PORT_DIGITS = re.compile(r"[0-9]{1,5}")
-# A service name is a spool file name, and file names are at most this many bytes.
-MAX_NAME_BYTES = 255
+
+def sentence(message: str) -> str:
+    """A message as the first words of an answer: capitalised."""
+    return message[:1].upper() + message[1:]
 
 
 class BadRequest(Exception):
@@ -63,21 +83,6 @@ def _downtime_message(matched: str, downtime: Downtime, state_word: str) -> str:
     if downtime.reason:
         message += f": {downtime.reason}"
     return message
-
-
-def is_host(text: str) -> bool:
-    """An IPv4 or IPv6 address, or a DNS host name; nothing else may become a check's target."""
-    if not _HOST_PATTERN.fullmatch(text):
-        return False
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        pass
-    labels = text[:-1].split(".") if text.endswith(".") else text.split(".")
-    if len(text) > 253 or all(label.isdigit() for label in labels):  # digits only: a broken IPv4
-        return False
-    return all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
 
 
 def address_in_networks(text: str, networks: Sequence) -> bool:
@@ -112,8 +117,11 @@ def parse_server_state(value: str) -> Tuple[Optional[str], Optional[int]]:
         name, field_value = name.strip().lower(), field_value.strip()
         if name == "address" and is_host(field_value):
             hosts.append(field_value)
-        elif name == "port" and _PORT_DIGITS.fullmatch(field_value) and 0 < int(field_value) <= 65535:
-            ports.append(field_value.lstrip("0"))
+        elif name == "port":
+            try:
+                ports.append(str(parse_port(field_value)))
+            except InvalidName:
+                pass
     host = _one_value("X-Haproxy-Server-State field address=", hosts)
     port = _one_value("X-Haproxy-Server-State field port=", ports)
     return host, None if port is None else int(port)
@@ -142,6 +150,9 @@ def choose_target(headers: tornado.httputil.HTTPHeaders, url_port: int, own_ips:
     return Target(host, port)
 
 
+# A downtime lookup that could not read the spool (and has answered 503 saying so).
+UNREADABLE = object()
+
 # The check codes answered as they are (HTTP knows them); any other code is answered 503.
 _ANSWERED_AS_IS = frozenset(code for code in http.client.responses if 200 <= code <= 599)
 
@@ -169,15 +180,37 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    """Every path no route matches: a plain-text 404 saying what the paths look like."""
+    """Every path no route matches: a plain-text 404 saying what is wrong with it."""
 
     def prepare(self) -> None:
-        self.answer(404, "Not found: checks are /<protocol>/<service>/<port>[/<query>], where the service "
-                         "is letters, digits, '.', '_' and '-' and the port is decimal\n")
+        self.answer(404, f"Not found: {not_found_reason(self.request.path, self.state.tornado_stats_problem)}\n")
 
 
-class CheckHandler(BaseHandler):
-    """``/<protocol>/<service>/<port>[/<query>]`` and ``/spool/...`` (GET; POST changes the spool).
+def not_found_reason(path: str, tornado_stats_problem: Optional[str]) -> str:
+    """Why ``path`` is not served: an unknown protocol, a missing /<query>, /mutornadomon unavailable, or
+    what check paths look like."""
+    if path.rstrip("/") == "/mutornadomon" and tornado_stats_problem:
+        return f"/mutornadomon is not served: {tornado_stats_problem}"
+    parts = path.split("/", 4)  # "", protocol, service, port[, query]
+    if len(parts) >= 4 and parts[1] and re.fullmatch(PORT_PATTERN, parts[3]):
+        protocol = parts[1]
+        if protocol not in ROUTE_NAMES:
+            return (f"unknown protocol {protocol[:40]!r}; the protocols are "
+                    f"{', '.join(sorted(ROUTE_NAMES))}")
+        if protocol in _QUERY_REQUIRED and len(parts) == 4 and re.fullmatch(SERVICE_PATTERN, parts[2]):
+            return (f"{protocol} checks need the trailing /<query>: /{protocol}/<service>/<port>/<query>, "
+                    f"e.g. {path}/ for the upstream's root page")
+    return (f"checks are /<protocol>/<service>/<port>/<query>, where the service is {SERVICE_CHARACTERS}, "
+            f"the port is decimal, and the /<query> may be left out except for "
+            f"{' and '.join(sorted(_QUERY_REQUIRED))}")
+
+
+# Protocols whose routes need the trailing /<query> (their registry entries say so).
+_QUERY_REQUIRED = frozenset(name for name, protocol in REGISTRY.items() if protocol.query_required)
+
+
+class PathHandler(BaseHandler):
+    """What ``/spool/...`` and the protocol routes share: the path's parts, the target, the downtime.
 
     The route only says that the path has this shape (see ``routes``); the parts
     are taken from the path here, once, instead of Tornado percent-decoding
@@ -195,126 +228,95 @@ class CheckHandler(BaseHandler):
         """Service, port and query ("" when none) of this request's path; None once answered with 400."""
         parts = self.request.path.split("/", 4)  # "", protocol, service, port[, query]
         service = self.service = parts[2]
-        if service in (".", ".."):
-            self.answer(400, f"Invalid service name {service!r}\n")
-            return None
-        if len(service) > MAX_NAME_BYTES:  # the pattern allows ASCII only: characters are bytes
-            self.answer(400, f"Invalid service name: longer than {MAX_NAME_BYTES} bytes\n")
-            return None
-        port_text = parts[3]
-        # Leading zeros go first: int() refuses strings of more than 4300 digits.
-        digits = port_text.lstrip("0")
-        if len(digits) > 5 or int(digits or "0") > 65535:
-            self.answer(400, f"Invalid port {port_text[:20]}{'...' if len(port_text) > 20 else ''}: "
-                             "ports go from 0 to 65535\n")
+        try:
+            check_service_name(service)
+            port = parse_port(parts[3], minimum=0)
+        except InvalidName as err:
+            self.answer(400, f"{sentence(str(err))}\n")
             return None
         query = parts[4] if len(parts) == 5 else ""
         if "%" in query or not query.isascii():
             # As Tornado decodes a path argument, with its 400 for bytes that are not UTF-8.
             query = self.decode_argument(tornado.escape.url_unescape(query, encoding=None, plus=False))
-        return service, int(digits or "0"), query
+        return service, port, query
 
-    async def get(self) -> None:
+    def _service_target_query(self) -> Optional[Tuple[str, Target, str]]:
+        """The service, the target the URL and headers name, and the query; None once answered with 400."""
         parsed = self._parse_path()
         if parsed is None:
-            return
+            return None
         service, port, query = parsed
-        state = self.state
-        client_ip = self.request.remote_ip
         try:
-            target = choose_target(self.request.headers, port, state.own_ips)
+            return service, choose_target(self.request.headers, port, self.state.own_ips), query
         except BadRequest as err:
-            state.activity.record(service, client_ip)
+            self.state.activity.record(service, self.request.remote_ip)
             self.answer(400, f"{err}\n")
-            return
-        is_spool = self.protocol == "spool"
-        if not is_spool:
-            if target.port == 0:
-                state.activity.record(service, client_ip)
-                self.answer(400, "Invalid port 0: a check needs a port from 1 to 65535\n")
-                return
-            networks = state.config.check_host_allowed_networks
-            if networks is not None and target.host != LOCALHOST \
-                    and not address_in_networks(target.host, networks):
-                # Refused before any connection: the header must not reach arbitrary hosts.
-                log.warning("%s asked to check %s, outside check_host_allowed_networks", client_ip, target.host)
-                state.activity.record(service, client_ip)
-                self.answer(403, f"Host {target.host} is not in check_host_allowed_networks\n")
-                return
-        found = None
-        # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
-        if state.spool_on_http or is_spool:
-            found = state.spool.find_downtime(
+            return None
+
+    def _downtime(self, service: str, target: Target):
+        """The downtime that applies, or None; ``UNREADABLE`` once answered 503 for a spool that cannot be read."""
+        state = self.state
+        try:
+            return state.spool.find_downtime(
                 service, port=target.port, host=None if target.host == LOCALHOST else target.host
             )
-        if found is not None and not found[1].is_drain:
-            code, message = 503, down_message(*found)
-        elif is_spool:
-            code, message = (404, drain_message(*found)) if found is not None else (200, "")
-        else:
-            key, bypass = self._cache_key(service, target, query)
-            result = None if bypass else state.cache.fresh(key)  # a cache hit needs no coroutine
-            if result is None:
-                result = await self._run_protocol_check(key, bypass, service, target, query)
-            if found is not None and 200 <= result.code < 400:
-                # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
-                # a graceful drain. A failing check still answers its failure, so HAProxy marks the
-                # server down instead of keeping persistent connections on a dead one.
-                code, message = 404, drain_message(*found)
-            else:
-                code, message = result.code, result.message
+        except SpoolError as err:
+            # Nobody can tell whether the service is down: the safe answer is down, saying why.
+            state.warnings.error("spool unreadable", "%s: every check answers 503", err)
+            state.activity.record(service, self.request.remote_ip, 503)
+            self.answer(503, f"Cannot tell whether {service} is down: {err}\n")
+            return UNREADABLE
+
+    def _answer_and_record(self, service: str, code: int, message: str) -> None:
         # The check's own code is the service's last status; the answer is that code when HTTP knows it.
-        state.activity.record(service, client_ip, code)
+        self.state.activity.record(service, self.request.remote_ip, code)
         self.answer(code if code in _ANSWERED_AS_IS else 503, message)
+
+    def finish(self, chunk=None):
+        # Counted before the answer leaves: a scrape sent after it (maybe to another worker) includes it.
+        if not self._request_counted:
+            self._request_counted = True
+            self.state.metrics.count_request(self.protocol, self.service, self.get_status())
+        return super().finish(chunk)
+
+
+class SpoolHandler(PathHandler):
+    """``/spool/<service>/<port>[/<query>]``: the spool alone (GET); POST changes it when allowed."""
+
+    def get(self) -> None:
+        asked = self._service_target_query()
+        if asked is None:
+            return
+        service, target, _ = asked
+        found = self._downtime(service, target)
+        if found is UNREADABLE:
+            return
+        if found is None:
+            code, message = 200, ""
+        elif found[1].is_drain:
+            code, message = 404, drain_message(*found)
+        else:
+            code, message = 503, down_message(*found)
+        self._answer_and_record(service, code, message)
 
     head = get
 
-    def _cache_key(self, service: str, target: Target, query: str) -> Tuple[tuple, bool]:
-        """The check's cache key, and whether the request asks to bypass the cache (``Pragma: no-cache``)."""
-        key = (self.protocol, target.host, target.port, query, self.request.query)
-        if self.state.config.service_name_header:
-            key += (service,)
-        pragmas = self.request.headers.get_list("Pragma")
-        return key, bool(pragmas) and "no-cache" in ",".join(pragmas).lower()
-
-    async def _run_protocol_check(self, key: tuple, bypass: bool, service: str, target: Target, query: str):
-        state = self.state
-        config = state.config
-        query_string = self.request.query
-        headers = self.request.headers
-        check = REGISTRY[self.protocol]
-        time_check = state.metrics.time_check
-
-        def run():
-            # Built only when the check runs: a shared or cached result needs no context.
-            context = CheckContext(service=service, config=config, resources=state.resources,
-                                   query_string=query_string, headers=headers)
-            return time_check(self.protocol, service, run_check(check, target, query, context))
-
-        # Counted while waiting: a stop lets these finish, and /status reports them.
-        state.requests_in_flight += 1
-        try:
-            return await state.cache.get_or_run(key, run, bypass=bypass)
-        finally:
-            state.requests_in_flight -= 1
-
     def post(self) -> None:
-        if self.protocol != "spool":
-            self.service = self.request.path.split("/", 3)[2]  # for the request count
-            raise tornado.web.HTTPError(405)
         parsed = self._parse_path()
         if parsed is None:
             return
         service, port, _ = parsed
         state = self.state
+        client_ip = self.request.remote_ip
         if not state.config.allow_remote_spool_changes:
             self.answer(403, "Remote spool changes are disabled (allow_remote_spool_changes is false)\n")
             return
         networks = state.config.remote_spool_allowed_networks
-        if networks is not None and not address_in_networks(self.request.remote_ip, networks):
-            log.warning("%s tried a remote spool change from outside remote_spool_allowed_networks",
-                        self.request.remote_ip)
-            self.answer(403, f"Remote spool changes from {self.request.remote_ip} are not allowed "
+        if networks is not None and not address_in_networks(client_ip, networks):
+            state.warnings.warning("remote spool change refused",
+                                   "%s tried a remote spool change from outside remote_spool_allowed_networks",
+                                   client_ip)
+            self.answer(403, f"Remote spool changes from {client_ip} are not allowed "
                              "(remote_spool_allowed_networks)\n")
             return
         status = self.get_body_argument("status", None)
@@ -326,9 +328,10 @@ class CheckHandler(BaseHandler):
             self.answer(400, f"Invalid service name: with the port, longer than {MAX_NAME_BYTES} bytes\n")
             return
         try:
-            expiration = self._optional_time("expiration")
+            expiration_text = self.get_body_argument("expiration", "").strip()
+            expiration = parse_expiration(expiration_text) if expiration_text else None
             creation = self._optional_time("creation")
-        except BadRequest as err:
+        except (BadRequest, InvalidExpiration) as err:
             self.answer(400, f"{err}\n")
             return
         try:
@@ -342,16 +345,9 @@ class CheckHandler(BaseHandler):
             log.error("remote spool change failed: %s", err)
             self.answer(500, f"{err}\n")
             return
-        log.info("%s set %s%s %s by remote request", self.request.remote_ip, service,
+        log.info("%s set %s%s %s by remote request", client_ip, service,
                  f":{port}" if entry_port else "", status)
         self.answer(200)
-
-    def finish(self, chunk=None):
-        # Counted before the answer leaves: a scrape sent after it (maybe to another worker) includes it.
-        if not self._request_counted:
-            self._request_counted = True
-            self.state.metrics.count_request(self.protocol, self.service, self.get_status())
-        return super().finish(chunk)
 
     def _optional_time(self, name: str) -> Optional[float]:
         value = self.get_body_argument(name, "").strip()
@@ -366,11 +362,118 @@ class CheckHandler(BaseHandler):
         return number
 
 
+class CheckHandler(PathHandler):
+    """``/<protocol>/<service>/<port>[/<query>]`` (GET): the spool, then the protocol's cached check."""
+
+    async def get(self) -> None:
+        asked = self._service_target_query()
+        if asked is None:
+            return
+        service, target, query = asked
+        state = self.state
+        client_ip = self.request.remote_ip
+        if target.port == 0:
+            state.activity.record(service, client_ip)
+            self.answer(400, "Invalid port 0: a check needs a port from 1 to 65535\n")
+            return
+        networks = state.config.check_host_allowed_networks
+        if networks is not None and target.host != LOCALHOST and not address_in_networks(target.host, networks):
+            # Refused before any connection: the header must not reach arbitrary hosts.
+            state.warnings.warning("check host refused", "%s asked to check %s, outside check_host_allowed_networks",
+                                   client_ip, target.host)
+            state.activity.record(service, client_ip)
+            self.answer(403, f"Host {target.host} is not in check_host_allowed_networks\n")
+            return
+        # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
+        found = self._downtime(service, target) if state.spool_on_http else None
+        if found is UNREADABLE:
+            return
+        if found is not None and not found[1].is_drain:
+            self._answer_and_record(service, 503, down_message(*found))
+            return
+        result = await self._cached_check(service, target, query)
+        if not result.is_verdict:
+            # Not the service's state: /recent keeps the last one the service really gave.
+            state.activity.record(service, client_ip)
+            self.answer(503, f"{result.message}\n")
+        elif found is not None and 200 <= result.code < 400:
+            # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
+            # a graceful drain. A failing check still answers its failure, so HAProxy marks the
+            # server down instead of keeping persistent connections on a dead one.
+            self._answer_and_record(service, 404, drain_message(*found))
+        else:
+            self._answer_and_record(service, result.code, result.message)
+
+    head = get
+
+    def post(self) -> None:
+        self.service = self.request.path.split("/", 3)[2]  # for the request count
+        raise tornado.web.HTTPError(405)
+
+    async def _cached_check(self, service: str, target: Target, query: str) -> CheckResult:
+        """The check's result: cached, shared with the same check in flight, or run now."""
+        state = self.state
+        config = state.config
+        protocol = REGISTRY[self.protocol]
+        query_string = self.request.query
+        headers = self.request.headers
+        key = check_key(self.protocol, protocol, config, target, service, query, query_string, headers)
+        pragmas = headers.get_list("Pragma")
+        bypass = bool(pragmas) and "no-cache" in ",".join(pragmas).lower()
+        cache = state.cache
+        result = None if bypass else cache.fresh(key)  # a cache hit needs no coroutine
+        if result is not None:
+            return result
+        client_ip = self.request.remote_ip
+        counted = protocol.uses_outbound_slot and not cache.running(key)
+        in_flight = state.in_flight_checks
+        started = False
+
+        def run():
+            nonlocal started
+            started = True
+            # Built only when the check runs: a shared or cached result needs no context.
+            context = check_context(protocol, config, state.resources, service, query_string, headers)
+            check = in_flight.bounded_per_target(protocol.check) if counted else protocol.check
+            checked = run_check(check, target, query if protocol.uses_query else "", context)
+            timed = state.metrics.time_check(self.protocol, service, checked)
+            return _released_after(timed, in_flight, client_ip) if counted else timed
+
+        # Counted while waiting: a stop lets these finish, and /status reports them.
+        state.requests_in_flight += 1
+        try:
+            if counted and not await in_flight.admit_client(client_ip):
+                limit = config.max_checks_per_client
+                refusal = (f"Not checked: client {client_ip} had {limit} checks in flight for "
+                           f"{config.healthcheck_timeout:.2f}s (max_checks_per_client={limit})")
+                state.warnings.warning("check refused by a bound", "%s", refusal)
+                return not_reached(refusal)
+            try:
+                result = await cache.get_or_run(key, run, bypass=bypass)
+            finally:
+                if counted and not started:  # joined a check after all: nothing of this request's to count
+                    in_flight.per_client.release(client_ip)
+        finally:
+            state.requests_in_flight -= 1
+        if not result.is_verdict:
+            state.warnings.warning("check not run", "check of %s not run: %s", service, result.message)
+        return result
+
+
+async def _released_after(check: Awaitable[CheckResult], in_flight: InFlightChecks, client_ip: str) -> CheckResult:
+    try:
+        return await check
+    finally:
+        in_flight.per_client.release(client_ip)
+
+
 class StatusHandler(BaseHandler):
     def get(self) -> None:
         state = self.state
         self.write({
             "cache": state.cache.stats(),
+            "access_counts": state.activity.stats(),
+            "uncached_checks_in_flight": state.in_flight_checks.stats(),
             "uptime": time.time() - state.started_at,
             "outbound_request_queue_size": state.resources.outbound_queue_size(),
             "requests_in_flight": state.requests_in_flight,
@@ -416,14 +519,12 @@ def routes(state) -> list:
     A check route has no groups: ``CheckHandler`` takes the parts from the path itself.
     """
     given = {"state": state}
-    table = []
-    for protocol in REGISTRY:
-        name = re.escape(protocol)
-        if protocol in QUERY_REQUIRED:
-            pattern = rf"/{name}/{SERVICE_PATTERN}/[0-9]+/.*"
-        else:
-            pattern = rf"/{name}/{SERVICE_PATTERN}/[0-9]+(?:/.*)?"
-        table.append((pattern, CheckHandler, {"protocol": protocol, **given}))
+    table = [(rf"/{SPOOL_ROUTE}/{SERVICE_PATTERN}/{PORT_PATTERN}(?:/.*)?", SpoolHandler,
+              {"protocol": SPOOL_ROUTE, **given})]
+    for name, protocol in REGISTRY.items():
+        query = "/.*" if protocol.query_required else "(?:/.*)?"
+        table.append((rf"/{re.escape(name)}/{SERVICE_PATTERN}/{PORT_PATTERN}{query}", CheckHandler,
+                      {"protocol": name, **given}))
     table += [
         (r"/status", StatusHandler, given),
         (r"/status/count", StatusCountHandler, given),

@@ -20,6 +20,7 @@ from hacheck import __version__, metrics, systemd
 from hacheck.agent import AgentServer
 from hacheck.app import make_app, own_ip_addresses
 from hacheck.config import Config, ConfigError
+from hacheck.names import InvalidName, parse_port
 from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
 
 log = logging.getLogger("hacheck")
@@ -39,6 +40,7 @@ LISTEN_BACKLOG = 4096
 STOP_IDLE_GRACE = 1.0
 # With -n, how long the supervisor waits for every worker to say it reloaded before it reports the reload done.
 WORKER_RELOAD_WAIT = 5.0
+DEFAULT_BIND_ADDRESS = "0.0.0.0"
 
 
 class StartupError(Exception):
@@ -50,7 +52,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("-c", "--config-file", help="YAML configuration file")
     parser.add_argument("-p", "--port", type=_port, action="append", dest="ports",
                         help="port to listen on; may be repeated (default 3333)")
-    parser.add_argument("-B", "--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("-B", "--bind-address", action="append", dest="bind_addresses", metavar="ADDRESS",
+                        help=f"address to listen on; may be repeated, e.g. -B 127.0.0.1 -B ::1 "
+                             f"(default {DEFAULT_BIND_ADDRESS})")
     parser.add_argument("--spool-root", default=DEFAULT_SPOOL_ROOT,
                         help=f"spool directory (default {DEFAULT_SPOOL_ROOT})")
     parser.add_argument("-n", "--num-procs", type=_positive, default=1,
@@ -71,6 +75,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     args.ports_given = bool(args.ports)
     if not args.ports:
         args.ports = [3333]
+    args.bind_addresses = list(dict.fromkeys(args.bind_addresses or [DEFAULT_BIND_ADDRESS]))
     args.agent_ports = list(dict.fromkeys(args.agent_ports))
     shared = sorted(set(args.agent_ports) & set(args.ports))
     if shared:
@@ -79,9 +84,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r} (1-65535)")
-    return int(text)
+    try:
+        return parse_port(text)
+    except InvalidName as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive(text: str) -> int:
@@ -91,29 +97,31 @@ def _positive(text: str) -> int:
 
 
 def bind(args: argparse.Namespace, reuse_port: bool) -> list:
-    sockets = []
-    for port in args.ports:
-        try:
-            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port,
-                                                    backlog=LISTEN_BACKLOG)
-        except OSError as err:
-            for sock in sockets:
-                sock.close()
-            raise StartupError(f"cannot listen on {args.bind_address}:{port}: {err.strerror}") from None
-    return sockets
+    """The HTTP ports' listening sockets, on every ``-B`` address."""
+    return _bind_all(args.ports, args.bind_addresses, reuse_port, "", backlog=LISTEN_BACKLOG)
 
 
 def bind_agent(args: argparse.Namespace, reuse_port: bool) -> list:
-    """The agent ports' listening sockets (same address as HTTP)."""
+    """The agent ports' listening sockets (same addresses as HTTP)."""
+    return _bind_all(args.agent_ports, args.bind_addresses, reuse_port, " (agent)")
+
+
+def _bind_all(ports: List[int], addresses: List[str], reuse_port: bool, what: str, **options) -> list:
+    """Every port on every address; a StartupError naming the first that fails (nothing stays bound)."""
     sockets = []
-    for port in args.agent_ports:
-        try:
-            sockets += tornado.netutil.bind_sockets(port, args.bind_address, reuse_port=reuse_port)
-        except OSError as err:
-            for sock in sockets:
-                sock.close()
-            raise StartupError(f"cannot listen on {args.bind_address}:{port} (agent): {err.strerror}") from None
+    for address in addresses:
+        for port in ports:
+            try:
+                sockets += tornado.netutil.bind_sockets(port, address, reuse_port=reuse_port, **options)
+            except OSError as err:
+                for sock in sockets:
+                    sock.close()
+                raise StartupError(f"cannot listen on {_host_port(address, port)}{what}: {err.strerror}") from None
     return sockets
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def acquire_sockets(args: argparse.Namespace, handed: systemd.HandedSockets,
@@ -128,6 +136,13 @@ def acquire_sockets(args: argparse.Namespace, handed: systemd.HandedSockets,
                 sock.close()
         raise
     return sockets, agent_sockets
+
+
+def _where(args: argparse.Namespace, ports: List[int], handed: list) -> str:
+    """Where a kind of socket listens, for the start-up log line."""
+    if handed:
+        return ", ".join(map(systemd.describe, handed)) + " (sockets from systemd)"
+    return f"{','.join(args.bind_addresses)} port {','.join(map(str, ports))}"
 
 
 def log_handed_sockets(args: argparse.Namespace, handed: systemd.HandedSockets) -> None:
@@ -204,16 +219,15 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
         return ""
     loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(args.config_file, state.config, apply_config,
                                                                  notifier))
-    agent = AgentServer(state.spool)
+    agent = AgentServer(state.spool, activity=state.activity, metrics=state.metrics, warnings=state.warnings)
     await agent.start(agent_sockets)
     if agent_sockets:
-        log.info("agent-check answers on %s%s", ", ".join(map(systemd.describe, agent_sockets)),
+        log.info("agent-check answers on %s%s", _where(args, args.agent_ports, handed.agent),
                  "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
     elif not args.spool_on_http:
         log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
-    listening = ", ".join(map(systemd.describe, sockets))
-    log.info("hacheck %s listening on %s (pid %d%s)", __version__, listening, os.getpid(),
-             ", sockets from systemd" if handed.http else "")
+    listening = _where(args, args.ports, handed.http)
+    log.info("hacheck %s listening on %s (pid %d)", __version__, listening, os.getpid())
     # Garbage collection's full passes stop the event loop for as long as they take: with a
     # thousand checks in flight that was 50-100 ms, several times a second, and every request
     # waited. Everything made so far (modules, the application) lives as long as the process
@@ -261,7 +275,9 @@ def run_worker(args, config, own_ips, handed: systemd.HandedSockets, reuse_port:
         asyncio.run(serve(args, config, own_ips, handed, reuse_port, notifier, supervisor_pid))
     except StartupError as err:
         log.error("%s", err)
-        sys.stderr.write(f"hacheck: {err}\n")
+        if config.log_path not in ("stdout", "stderr"):
+            # The log is a file: say it also where the person starting the daemon looks.
+            sys.stderr.write(f"hacheck: {err}\n")
         return 1
     return 0
 

@@ -161,11 +161,13 @@ class CacheMetrics(CacheObserver):
 class Metrics:
     """One worker's metrics and the registry a scrape renders; owned by the application's ``DaemonState``.
 
-    ``protocols`` are the only values the ``protocol`` label takes; ``per_service``
+    ``protocols`` (the checks) and ``request_only_protocols`` (requests counted but not timed
+    as checks: the agent) are the only values the ``protocol`` label takes; ``per_service``
     (the ``metrics_per_service`` key) adds a ``service`` label to requests and check durations.
     """
 
-    def __init__(self, spool: Spool, protocols: Iterable[str], per_service: bool = False):
+    def __init__(self, spool: Spool, protocols: Iterable[str], per_service: bool = False,
+                 request_only_protocols: Iterable[str] = ()):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
         self.multiprocess_dir = multiprocess_dir()
@@ -176,7 +178,8 @@ class Metrics:
                 "metrics would not add up across workers"
             )
         self.per_service = per_service
-        self.protocols = frozenset(protocols)
+        check_protocols = sorted(frozenset(protocols))
+        self.protocols = frozenset(check_protocols) | frozenset(request_only_protocols)
         self.registry = CollectorRegistry()
         # In multiprocess mode values go to files and a scrape reads every worker's files.
         own = None if self.multiprocess_dir else self.registry
@@ -210,14 +213,14 @@ class Metrics:
                           multiprocess_mode="livesum", registry=own),
         )
         # Labelled children are made once and kept: the request path only looks them up.
-        self._outbound = {protocol: outbound.labels(protocol) for protocol in sorted(self.protocols)}
+        self._outbound = {protocol: outbound.labels(protocol) for protocol in check_protocols}
         self._request_children: Dict[tuple, object] = {}
         # Single process: requests counted here and handed to the client at each scrape (see render).
         self._request_counts: Optional[Dict[tuple, int]] = None if self.multiprocess_dir else {}
         self._scraped_cache = None
         self._duration_children: Dict[tuple, object] = {}
         if not per_service:
-            for protocol in sorted(self.protocols):
+            for protocol in check_protocols:
                 self._duration_children[(protocol,)] = self._durations.labels(protocol)
 
     def observe(self, cache: CheckCache) -> None:
@@ -243,6 +246,8 @@ class Metrics:
             counts[key] += 1
         elif protocol in self.protocols:
             counts[key] = 1
+            # Made now, once per label set: its *_created sample is when the series began, not the next scrape.
+            self._request_child(key)
 
     def _request_child(self, key: tuple):
         """The labelled child of ``hacheck_requests`` for a key of ``count_request``, made once."""

@@ -9,6 +9,7 @@ HTTP or Tornado; it never deletes a file while reading (a reader that removed
 an expired downtime could race an operator renewing it).
 """
 
+import datetime
 import errno
 import functools
 import json
@@ -21,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import FrozenSet, Iterator, List, Optional, Tuple
 
+from hacheck.names import InvalidName, parse_port
+
 DEFAULT_SPOOL_ROOT = "/var/spool/hacheck"
 ALL = "all"
 LOCALHOST = "127.0.0.1"
@@ -32,10 +35,6 @@ MAX_READ_BYTES = 64 * 1024
 # Temporary files of atomic writes start with this, and listings skip them.
 _TEMP_PREFIX = ".#hacheck-tmp."
 
-# A port as spool_filename writes it: ASCII decimal without leading zeros, so
-# a listed entry names the very file the daemon looks for.
-_PORT_TEXT = re.compile(r"0|[1-9][0-9]{0,4}")
-
 # What a downtime does: "down" cuts the service off; "drain" lets established
 # connections finish but takes no new ones. Files without a state are "down",
 # and "down" is never written, so older readers see a drain as a downtime.
@@ -46,6 +45,10 @@ DOWNTIME_STATES = (STATE_DOWN, STATE_DRAIN)
 
 class InvalidServiceName(ValueError):
     """A service name that cannot be a spool file name."""
+
+
+class InvalidExpiration(ValueError):
+    """An expiration that is neither a unix time nor a duration; the message says what to write."""
 
 
 class SpoolError(OSError):
@@ -127,9 +130,58 @@ def parse_filename(name: str) -> Tuple[str, Optional[str], Optional[int]]:
     if not sep:
         return name, None, None
     host, sep, port_text = rest.rpartition(":")
-    if _PORT_TEXT.fullmatch(port_text) and int(port_text) <= 65535:
-        return service, (host if sep else None), int(port_text)
-    return name, None, None
+    try:
+        port = parse_port(port_text, minimum=0)
+    except InvalidName:
+        return name, None, None
+    # Only a port as spool_filename writes it (no leading zeros): a listed entry names the very file.
+    if str(port) != port_text:
+        return name, None, None
+    return service, (host if sep else None), port
+
+
+# A duration from now, as the tools and POST /spool take it: 90s, 30m, 1.5h, 1d.
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A bare number at or before this (2001-01-01 UTC) is not a unix time anyone means: "-e 3600" is a
+# duration without its unit. A later time already past is an expired downtime, written as asked.
+EARLIEST_EXPIRATION = 978307200.0
+
+
+def parse_expiration(text: str, now: Optional[float] = None) -> float:
+    """A downtime's expiration as a unix time: a unix time after 2001, or now plus a duration (90s, 30m, 2h, 1d).
+
+    The time may be already past (the downtime is then written expired); InvalidExpiration otherwise.
+    """
+    now = time.time() if now is None else now
+    text = text.strip()
+    duration = _DURATION.fullmatch(text)
+    if duration:
+        seconds = float(duration.group(1)) * _DURATION_UNITS[duration.group(2)]
+        if seconds <= 0:
+            raise InvalidExpiration(f"expiration {text!r}: a duration must be longer than zero")
+        return now + seconds
+    try:
+        expiration = float(text)
+    except ValueError:
+        raise InvalidExpiration(
+            f"expiration {text[:40]!r} is neither a unix time nor a duration such as 90s, 30m, 2h or 1d"
+        ) from None
+    if not math.isfinite(expiration):
+        raise InvalidExpiration(f"expiration {text!r} is not a finite time")
+    if expiration <= EARLIEST_EXPIRATION:
+        raise InvalidExpiration(f"expiration {text} ({utc_text(expiration)}) is in the past; "
+                                f"for a duration write a unit, e.g. {text}s")
+    return expiration
+
+
+def utc_text(timestamp: float) -> str:
+    """A unix time for people, e.g. ``2026-01-01 00:00:00 UTC``."""
+    try:
+        moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _as_time(value) -> Optional[float]:
@@ -270,10 +322,15 @@ class Spool:
         return self._read_file(self.path(service, port, host))
 
     def _read_file(self, path: str) -> Optional[Downtime]:
+        """The downtime in ``path``; None when there is none; SpoolError when the spool root cannot be read."""
         try:
             # Only regular files are opened: opening a FIFO would block the
             # daemon until a writer came, and a device could be anything.
-            mode = os.stat(path).st_mode
+            try:
+                mode = os.stat(path).st_mode
+            except (PermissionError, NotADirectoryError) as err:
+                # Whether a file is there depends only on the directory: the whole spool is unreadable.
+                raise SpoolError(f"cannot read spool directory {self.root}: {err.strerror}") from None
             if not stat.S_ISREG(mode):
                 kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
                 return Downtime(reason=f"unreadable spool entry: {kind}")
@@ -286,6 +343,8 @@ class Spool:
             if _is_symlink(path):  # a dangling symlink is still an entry
                 return Downtime(reason="unreadable spool entry: broken symbolic link")
             return None
+        except SpoolError:
+            raise  # an OSError too, but about the whole spool, not this entry
         except OSError as err:
             if err.errno == errno.ENAMETOOLONG:  # no file can have this name
                 return None

@@ -1,7 +1,7 @@
 """``/mutornadomon``: mutornadomon's standard Tornado stats, kept cheap on the request path.
 
 mutornadomon is optional: when it does not import, nothing here is used and
-``/mutornadomon`` is a 404 like any unknown path.
+``/mutornadomon`` is a 404 saying why (and a line at start-up names the missing module).
 
 What mutornadomon's own setup (``initialize_mutornadomon``) would do costs a
 check request about a sixth of its time, for counters nobody reads between
@@ -18,9 +18,12 @@ endpoint is one more route in hacheck's own table.
 import ipaddress
 import logging
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 log = logging.getLogger(__name__)
+
+# What mutornadomon imports at run time without declaring it (its own pins are for Tornado < 6).
+MUTORNADOMON_NEEDS = ("psutil", "mock", "six")
 
 # Client addresses whose kind (loopback, private) is remembered; HAProxy hosts are few.
 MAX_REMEMBERED_ADDRESSES = 4096
@@ -156,15 +159,28 @@ class _NoExternalInterface:
         pass
 
 
-def tornado_stats_if_available() -> Optional[TornadoStats]:
-    """A ``TornadoStats`` when mutornadomon imports and starts; its absence is not an error."""
+def tornado_stats_if_available() -> Tuple[Optional[TornadoStats], Optional[str]]:
+    """A ``TornadoStats`` when mutornadomon imports and starts, else None and why ``/mutornadomon`` is not served.
+
+    Its absence is not an error; a missing dependency of an installed mutornadomon is worth a warning.
+    """
     try:
         import mutornadomon  # noqa: F401
-    except Exception as err:  # ImportError, or a broken install of an optional extra (it imports mock)
-        log.debug("mutornadomon not available: %s", err)
-        return None
+    except ImportError as err:
+        if err.name == "mutornadomon":
+            problem = "the mutornadomon package is not installed"
+            log.info("/mutornadomon is not served: %s", problem)
+        else:
+            problem = (f"the mutornadomon package is installed but cannot be imported: module "
+                       f"{err.name or err} is missing (it needs {', '.join(MUTORNADOMON_NEEDS)})")
+            log.warning("/mutornadomon is not served: %s", problem)
+        return None, problem
+    except Exception as err:  # a broken install of an optional extra
+        problem = f"the mutornadomon package cannot be imported: {type(err).__name__}: {err}"
+        log.warning("/mutornadomon is not served: %s", problem)
+        return None, problem
     try:
-        return TornadoStats()
-    except Exception:
+        return TornadoStats(), None
+    except Exception as err:
         log.exception("mutornadomon could not start; /mutornadomon is not served")
-        return None
+        return None, f"mutornadomon could not start: {type(err).__name__}: {err}"

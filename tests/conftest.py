@@ -177,10 +177,25 @@ def start_hacheck(tmp_path: Path, config=None, args=(), spool_root=None, port=No
                   env=None, ready_host: str = "127.0.0.1", handed=()) -> RunningDaemon:
     """Start the real ``hacheck`` on an unused port with a temporary spool; wait until it answers.
 
-    ``config`` is a dict written as YAML (or a path string); ``args`` are extra flags.
+    ``config`` is a dict written as YAML (or a path string); ``args`` are extra flags. When
+    no ``port`` is given and the one picked was taken meanwhile (another test's connection got
+    it as its own port), the daemon is started again on another.
     ``handed`` is a list of (listening socket, FileDescriptorName) given to it as systemd's
     socket activation does; no ``-p`` is passed then, and the port is the first socket's.
     """
+    for attempt in range(3):
+        try:
+            return _start_hacheck(tmp_path, config, args, spool_root, port, wait, env, ready_host, handed)
+        except PortTaken:
+            if port is not None or attempt == 2:
+                raise
+
+
+class PortTaken(AssertionError):
+    """The daemon could not listen on the port picked for it."""
+
+
+def _start_hacheck(tmp_path, config, args, spool_root, port, wait, env, ready_host, handed) -> RunningDaemon:
     import subprocess
     import time
     import uuid
@@ -214,7 +229,9 @@ def start_hacheck(tmp_path: Path, config=None, args=(), spool_root=None, port=No
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"hacheck exited with {process.returncode} at start:\n{daemon.output()}")
+            output = daemon.output()
+            failure = PortTaken if "Address already in use" in output else AssertionError
+            raise failure(f"hacheck exited with {process.returncode} at start:\n{output}")
         if port_open(port, ready_host, timeout=0.2):
             try:
                 if http_request(port, "/status", host=ready_host, timeout=2)[0] == 200:

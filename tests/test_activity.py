@@ -37,11 +37,27 @@ def test_last_status_keeps_the_checks_own_code():
 
 
 def test_memory_is_bounded():
-    activity = Activity(max_services=3, max_clients_per_service=2)
+    activity = Activity(max_services=3, max_pairs=5)
     for n in range(10):
         activity.record(f"service{n}", "a", 200)
     assert [name for name, _ in activity.recent(600)] == ["service7", "service8", "service9"]
     assert set(activity.access_counts()) == {"service7", "service8", "service9"}
     for client in ("c1", "c2", "c3", "c4"):
         activity.record("service9", client)
-    assert len(activity.access_counts()["service9"]) == 2
+    counts = activity.access_counts()
+    assert counts["service9"] == {"a": 1, "c1": 1, "c2": 1}
+    assert counts["(overflow)"] == {"(any)": 2}
+
+
+def test_a_million_distinct_pairs_stay_within_the_cap():
+    from tests.test_cache import MILLION_KEYS_RSS_BOUND, rss_bytes
+
+    activity = Activity(max_pairs=10000)
+    before = rss_bytes()
+    for n in range(1_000_000):
+        activity.record(f"service{n % 5000}", f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}")
+    counts = activity.access_counts()
+    assert sum(len(clients) for service, clients in counts.items() if service != "(overflow)") == 10000
+    assert counts["(overflow)"] == {"(any)": 990_000}
+    assert activity.stats()["pairs"] == 10000
+    assert rss_bytes() - before < MILLION_KEYS_RSS_BOUND

@@ -157,9 +157,9 @@ async def test_silent_client_is_answered_and_let_go_after_the_read_timeout(spool
 @pytest.mark.parametrize("request_line, message", [
     (b"not a service!\n", b"#hacheck: invalid request 'not a service!': expected SERVICE, SERVICE/PORT "
                           b"or SERVICE:PORT\n"),
-    (b"..\n", b"#hacheck: invalid service name '..'\n"),
-    (b"web:99999\n", b"#hacheck: invalid port 99999 (1-65535)\n"),
-    (b"web:0\n", b"#hacheck: invalid port 0 (1-65535)\n"),
+    (b"..\n", b"#hacheck: invalid service name '..': '.' and '..' are not service names\n"),
+    (b"web:99999\n", b"#hacheck: invalid port '99999': ports go from 1 to 65535, in decimal\n"),
+    (b"web:0\n", b"#hacheck: invalid port '0': ports go from 1 to 65535, in decimal\n"),
     (b"\xff\xfe\x00\n", b"#hacheck: invalid request: not ASCII\n"),
     (b"GET / HTTP/1.0\r\n\r\n", b"#hacheck: invalid request 'GET / HTTP/1.0': expected SERVICE, SERVICE/PORT "
                                 b"or SERVICE:PORT\n"),

@@ -1,4 +1,5 @@
 import asyncio
+import os
 
 import pytest
 
@@ -114,6 +115,89 @@ async def test_cache_keeps_working_after_a_burst_of_distinct_keys_expires():
     assert await cache.get_or_run("late", run) == "value-late"
     assert await cache.get_or_run("new", run) == "ok-1"
     assert len(calls) == 1
+
+
+class Answer:
+    """A value with ``is_verdict``, as check results have."""
+
+    def __init__(self, text, is_verdict=True):
+        self.text, self.is_verdict = text, is_verdict
+
+
+@pytest.mark.gen_test
+async def test_bypass_joins_the_check_in_flight_instead_of_starting_another():
+    cache = CheckCache(ttl=10)
+    run, calls = counting_check(delay=0.05)
+    first = asyncio.ensure_future(cache.get_or_run("key", run))
+    await asyncio.sleep(0)
+    results = await asyncio.gather(*[cache.get_or_run("key", run, bypass=True) for _ in range(20)])
+    assert await first == "ok-1"
+    assert set(results) == {"ok-1"}
+    assert len(calls) == 1
+    # Once nothing is in flight, a bypass runs a fresh check and stores it.
+    assert await cache.get_or_run("key", run, bypass=True) == "ok-2"
+    assert await cache.get_or_run("key", run) == "ok-2"
+
+
+@pytest.mark.gen_test
+async def test_an_answer_that_is_not_a_verdict_is_shared_but_not_stored():
+    cache = CheckCache(ttl=10)
+    answers = iter([Answer("no slot", is_verdict=False), Answer("up")])
+
+    async def run():
+        await asyncio.sleep(0.01)
+        return next(answers)
+
+    shared = await asyncio.gather(*[cache.get_or_run("key", run) for _ in range(3)])
+    assert {answer.text for answer in shared} == {"no slot"}
+    assert len(cache) == 0 and cache.counters["not_stored"] == 1
+    assert (await cache.get_or_run("key", run)).text == "up"
+    assert (await cache.get_or_run("key", run)).text == "up"
+
+
+@pytest.mark.gen_test
+async def test_a_full_cache_lets_the_oldest_entries_go():
+    cache = CheckCache(ttl=10, max_entries=3)
+    run, calls = counting_check()
+    for key in "abcde":
+        await cache.get_or_run(key, run)
+    assert len(cache) == 3 and cache.counters["evictions"] == 2
+    for key in "cde":
+        await cache.get_or_run(key, run)
+    assert len(calls) == 5  # c, d and e came from the cache
+    await cache.get_or_run("a", run)
+    assert len(calls) == 6
+
+
+def test_reconfigure_applies_a_smaller_bound_and_a_new_ttl():
+    cache = CheckCache(ttl=10, max_entries=100)
+    for key in range(10):
+        cache.store(key, "value")
+    cache.reconfigure(ttl=10, max_entries=4)
+    assert len(cache) == 4 and cache.fresh(9) == "value" and cache.fresh(0) is None
+    cache.reconfigure(ttl=5, max_entries=4)
+    assert len(cache) == 0
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# A million distinct keys through a cache capped at 10,000 entries: RSS may grow by at most
+# this much (the capped table and the allocator's slack; uncapped, it grows by about 300 MB).
+MILLION_KEYS_RSS_BOUND = 60 * 1024 * 1024
+
+
+def test_a_million_distinct_keys_stay_within_the_cap():
+    cache = CheckCache(ttl=3600, max_entries=10000)
+    before = rss_bytes()
+    for n in range(1_000_000):
+        cache.store(("http", "127.0.0.1", 8080, f"health/{n}", None, None, None), f"answer {n}")
+    assert len(cache) == 10000
+    assert cache.counters["evictions"] == 990_000
+    assert cache.fresh(("http", "127.0.0.1", 8080, "health/999999", None, None, None)) == "answer 999999"
+    assert rss_bytes() - before < MILLION_KEYS_RSS_BOUND
 
 
 @pytest.mark.gen_test

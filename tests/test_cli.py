@@ -111,7 +111,7 @@ def test_help_explains_every_flag(tools, tool):
     ("haupdown", ["web"]),  # default action is list, which takes no names
     ("haupdown", ["-a", "restart", "web"]),
     ("hadown", ["--json", "web"]),
-    ("halist", ["--json"]),
+    ("haup", ["--json", "web"]),
     ("hadown", ["-H", "10.0.0.1", "web"]),
     ("hastatus", ["-H", "10.0.0.1", "web"]),
     ("hadown", ["-P", "http", "web"]),
@@ -141,6 +141,29 @@ def test_refused_service_names_are_one_line_exit_2(tools, name):
         assert_one_error_line(result, 2, "invalid service name")
     assert tools.files() == []
     assert not os.path.exists(os.path.join(os.path.dirname(tools.root), "escape"))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["web app"], "invalid service name 'web app': use only letters, digits, '.', '_' and '-'"),
+    (["Web+1"], "invalid service name 'Web+1': use only letters, digits, '.', '_' and '-'"),
+    (["-P", "8080", "-H", "not_a_host!", "web"], "invalid host 'not_a_host!': use an IPv4 or IPv6 address"),
+    (["-P", "8_0", "web"], "invalid port '8_0': ports go from 1 to 65535, in decimal"),
+    (["-P", "\uff18\uff10", "web"], "ports go from 1 to 65535, in decimal"),  # full-width digits
+])
+def test_down_refuses_what_no_check_url_or_agent_request_can_name(tools, args, fragment):
+    result = tools.run("hadown", "-r", "x", *args)
+    assert_one_error_line(result, 2, fragment)
+    assert tools.files() == []
+
+
+def test_older_spool_files_with_other_names_still_list_show_and_go(tools):
+    tools.write("web app", b'{"reason": "old", "expiration": null, "creation": 1.0}')
+    result = tools.run("hashowdowned")
+    assert_ok(result, "DOWN\tinf\tweb app\told\n")
+    result = tools.run("hastatus", "web app")
+    assert (result.returncode, result.stdout) == (1, "DOWN\tinf\tweb app\told\n")
+    assert_ok(tools.run("haup", "web app"))
+    assert tools.files() == []
 
 
 # ---------------------------------------------------------------- down, status, up
@@ -194,6 +217,17 @@ def test_expiration_as_duration(tools, duration, seconds):
     after = time.time()
     expiration = tools.record("web")["expiration"]
     assert before + seconds - 1 <= expiration <= after + seconds + 1
+
+
+def test_past_unix_expiration_is_written_expired_with_a_warning(tools):
+    past = int(time.time()) - 3600
+    result = tools.run("hadown", "-r", "ran late", "-e", str(past), "web")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"hadown: warning: expiration {past} (")
+    assert "already past" in result.stderr
+    assert tools.record("web")["expiration"] == past
+    assert_ok(tools.run("hastatus", "web"), "UP\tweb\n")
+    assert_ok(tools.run("hashowdowned"), "")
 
 
 def test_expired_downtime_is_up(tools):
@@ -481,6 +515,11 @@ async def test_halist_reads_recent_from_the_daemon(tools):
         ]
         assert answer["paths"] == ["/recent"]
         assert (await run_tool_async(tools, "haupdown", "--port", str(port)))[1] == stdout
+        code, stdout, stderr = await run_tool_async(tools, "halist", "--json", "-p", str(port))
+        assert (code, stderr) == (0, "")
+        assert [json.loads(line) for line in stdout.splitlines()] == [
+            {"service": service, "last_response": last} for service, last in sorted(RECENT["seen_services"])
+        ]
 
         answer["body"] = json.dumps({"seen_services": [], "threshold_seconds": 600})
         assert await run_tool_async(tools, "halist", "-p", str(port)) == (0, "", "")

@@ -15,6 +15,11 @@ DEFAULTS = {
     "http_headers_to_copy": ("Host",),
     "healthcheck_timeout": 10.0,
     "max_clients": 10,
+    "cache_max_entries": 10000,
+    "access_counts_max_pairs": 10000,
+    "max_checks_per_target": 4,
+    "max_checks_per_client": 8,
+    "log_repeat_interval": 10.0,
 }
 
 GOOD_VALUES = [
@@ -33,6 +38,11 @@ GOOD_VALUES = [
     ("http_headers_to_copy", "[]", ()),
     ("healthcheck_timeout", "0.5", 0.5),
     ("max_clients", "3", 3),
+    ("cache_max_entries", "50", 50),
+    ("access_counts_max_pairs", "20", 20),
+    ("max_checks_per_target", "1", 1),
+    ("max_checks_per_client", "2", 2),
+    ("log_repeat_interval", "0", 0.0),
 ]
 
 BAD_VALUES = [
@@ -48,6 +58,11 @@ BAD_VALUES = [
     ("http_headers_to_copy", "Host"),
     ("healthcheck_timeout", "0"),
     ("healthcheck_timeout", "ten"),
+    ("cache_max_entries", "0"),
+    ("access_counts_max_pairs", "many"),
+    ("max_checks_per_target", "0"),
+    ("max_checks_per_client", "1.5"),
+    ("log_repeat_interval", "-1"),
     ("max_clients", "0"),
     ("max_clients", "2.5"),
 ]
@@ -114,3 +129,26 @@ def test_missing_file(tmp_path):
     with pytest.raises(ConfigError) as raised:
         Config.load(str(tmp_path / "nope.yaml"))
     assert "nope.yaml" in str(raised.value)
+
+
+def test_unknown_key_close_to_a_known_one_is_suggested(tmp_path):
+    path = write(tmp_path, "cach_time: 3\nfrobnicate: 1\n")
+    _, warnings = Config.load(path)
+    assert warnings == [f"{path}: unknown configuration key 'cach_time' ignored (did you mean 'cache_time'?)",
+                        f"{path}: unknown configuration key 'frobnicate' ignored"]
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = write(tmp_path, "cache_time: 3\nlog_path: stderr\n  max_clients: 5\n")
+    with pytest.raises(ConfigError) as raised:
+        Config.load(path)
+    assert str(raised.value) == f"{path}: not a valid YAML file: line 3, column 14: " \
+                                "mapping values are not allowed here"
+
+
+@pytest.mark.parametrize("quoted", ['"true"', "'false'", "'yes'"])
+def test_quoted_boolean_is_called_a_string(tmp_path, quoted):
+    path = write(tmp_path, f"allow_remote_spool_changes: {quoted}\n")
+    with pytest.raises(ConfigError) as raised:
+        Config.load(path)
+    assert f"got the string {quoted.strip(chr(34)).strip(chr(39))!r}: write it without quotes" in str(raised.value)

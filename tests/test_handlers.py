@@ -537,3 +537,103 @@ def test_mutornadomon_filter_lets_only_loopback_in(address, allowed):
     from hacheck.tornado_stats import is_localhost
 
     assert is_localhost(SimpleNamespace(remote_ip=address)) is allowed
+
+
+# --- answers that are not the service's verdict (never cached) ------------------------------
+
+
+async def behind_two_hung_checks(get, hung_port, path):
+    """``path`` asked while a single slot (healthcheck_timeout 0.5 s) is held by hung checks.
+
+    The first holds it from 0 to 0.5 s, the second (asked at 0.3 s) from 0.5 to 1 s: ``path``,
+    asked at 0.35 s, waits behind them past its own timeout. Returns its answer and the hung ones.
+    """
+    hung = [asyncio.ensure_future(get(f"/http/hung/{hung_port}/first"))]
+    await asyncio.sleep(0.3)
+    hung.append(asyncio.ensure_future(get(f"/http/hung/{hung_port}/second")))
+    await asyncio.sleep(0.05)
+    return await get(path), hung
+
+
+@pytest.mark.hacheck_config(max_clients=1, healthcheck_timeout=0.5, max_checks_per_target=10)
+@pytest.mark.gen_test(timeout=20)
+async def test_no_free_outbound_slot_is_a_503_that_is_not_cached(get):
+    async with http_upstream() as upstream:
+        with silent_listener() as hung_port:
+            response, hung = await behind_two_hung_checks(get, hung_port, f"/http/web/{upstream.port}/h")
+            assert response.code == 503
+            assert text(response) == (f"Check of 127.0.0.1:{upstream.port} not run: no free outbound connection "
+                                      "(max_clients=1) within 0.50s\n")
+            # Not the service's state: /recent has seen it, with no status yet.
+            recent = json.loads(text(await get("/recent")))["seen_services"]
+            assert ["web", None] in recent
+            await asyncio.gather(*hung)
+        assert upstream.requests == []
+        response = await get(f"/http/web/{upstream.port}/h")
+        assert (response.code, upstream.requests) == (200, ["/h"])
+        # Neither this check nor the second hung one (which waited 0.2 s of its 0.5 s) was stored.
+        cache = json.loads(text(await get("/status")))["cache"]
+        assert cache["not_stored"] == 2
+
+
+@pytest.mark.hacheck_config(max_checks_per_target=2, healthcheck_timeout=5)
+@pytest.mark.gen_test(timeout=20)
+async def test_checks_beyond_the_per_target_bound_wait_for_a_slot(get):
+    async with http_upstream() as upstream:
+        responses = await asyncio.gather(*(get(f"/http/web/{upstream.port}/slow?n={n}") for n in range(5)))
+        assert [response.code for response in responses] == [200] * 5
+        assert upstream.max_in_flight == 2
+
+
+@pytest.mark.hacheck_config(max_checks_per_target=1, healthcheck_timeout=0.5)
+@pytest.mark.gen_test(timeout=20)
+async def test_a_check_that_waited_for_its_targets_bound_is_not_the_services_verdict(get):
+    with silent_listener() as hung_port:
+        first = asyncio.ensure_future(get(f"/http/hung/{hung_port}/first"))
+        await asyncio.sleep(0.05)
+        response = await get(f"/http/hung/{hung_port}/second")
+        assert (await first).code == 503
+    assert response.code == 503
+    assert f"free check slot for 127.0.0.1:{hung_port} (max_checks_per_target=1)" in text(response)
+    cache = json.loads(text(await get("/status")))["cache"]
+    assert (cache["sets"], cache["not_stored"]) == (1, 1)  # the first one timed out on its own: a verdict
+
+
+@pytest.mark.hacheck_config(max_checks_per_client=1, healthcheck_timeout=0.5)
+@pytest.mark.gen_test(timeout=20)
+async def test_a_client_over_its_bound_waits_then_is_refused_and_not_cached(get):
+    async with http_upstream() as upstream:
+        with silent_listener() as hung_port:
+            response, hung = await behind_two_hung_checks(get, hung_port, f"/http/web/{upstream.port}/h")
+            assert (response.code, text(response)) == (
+                503, "Not checked: client 127.0.0.1 had 1 checks in flight for 0.50s (max_checks_per_client=1)\n")
+            await asyncio.gather(*hung)
+        assert upstream.requests == []
+        assert (await get(f"/http/web/{upstream.port}/h")).code == 200  # the refusal was not cached
+
+
+@pytest.mark.gen_test
+async def test_hacheck_out_of_file_descriptors_is_a_503_that_is_not_cached(get):
+    import resource
+
+    async with accepting() as port:
+        path = f"/tcp/web/{port}"
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+        try:
+            while True:  # take every descriptor left ...
+                try:
+                    fillers.append(os.open("/dev/null", os.O_RDONLY))
+                except OSError:
+                    break
+            for _ in range(2):  # ... but the test client's socket and the one hacheck accepts
+                os.close(fillers.pop())
+            response = await get(path)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for descriptor in fillers:
+                os.close(descriptor)
+        assert response.code == 503
+        assert "Too many open files" in text(response) and "the service was not asked" in text(response)
+        assert (await get(path)).code == 200

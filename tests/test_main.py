@@ -284,3 +284,17 @@ def test_ready_notification_after_listening(tmp_path, workers):
             assert daemon.get("/status")[0] == 200  # ready means already listening
         finally:
             assert daemon.stop() == 0
+
+
+def test_start_up_error_is_printed_once_after_the_config_warnings(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("cach_time: 3\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_hacheck("-c", str(config), "-p", str(port), "-B", "127.0.0.1",
+                             "--spool-root", str(tmp_path / "spool"))
+    assert result.returncode == 1
+    assert "unknown configuration key 'cach_time' ignored (did you mean 'cache_time'?)" in result.stderr
+    assert result.stderr.count(f"cannot listen on 127.0.0.1:{port}") == 1, result.stderr

@@ -22,7 +22,7 @@ TOOL_OPTIONS = {
                "--help"},
     "hastatus": {"--spool-root", "--service-port", "--service-host", "--json", "--help"},
     "hashowdowned": {"--spool-root", "--json", "--help"},
-    "halist": {"--port", "--help"},
+    "halist": {"--port", "--json", "--help"},
 }
 CONFIG_KEYS = sorted(field.name for field in dataclasses.fields(Config) if field.name != "source")
 

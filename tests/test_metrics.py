@@ -19,8 +19,8 @@ from tornado.testing import bind_unused_port
 
 from hacheck.app import make_app
 from hacheck.cache import CheckCache
-from hacheck.checks import REGISTRY
 from hacheck.config import Config, ConfigError
+from hacheck.handlers import ROUTE_NAMES
 from tests.checks.upstreams import accepting
 from tests.conftest import FakeClock, http_request
 from tests.e2e.support import operator_tool, threaded_upstream
@@ -120,7 +120,7 @@ async def test_scrape_is_prometheus_text_with_every_family(get):
         assert families[name].type == kind, name
     samples = parse(response.body.decode())
     # Every protocol's histogram and in-flight gauge exist from the start, at zero.
-    assert label_values(samples, "protocol") == set(REGISTRY)
+    assert label_values(samples, "protocol") == set(ROUTE_NAMES)
     assert total(samples, "hacheck_check_duration_seconds_count") == 0
     assert {labels["kind"] for name, labels, _ in samples if name == "hacheck_downtimes"} == {
         "all", "service", "port", "host"}
@@ -146,7 +146,7 @@ async def test_unknown_protocols_and_other_paths_make_no_labels(get, scrape):
         await get(path)
     samples = await scrape()
     assert total(samples, "hacheck_requests_total") == 0
-    assert label_values(samples, "protocol") == set(REGISTRY)
+    assert label_values(samples, "protocol") == set(ROUTE_NAMES)
     assert "service" not in {label for _, labels, _ in samples for label in labels}
 
 
@@ -180,9 +180,9 @@ async def test_no_cache_pragma_runs_the_check_again(get, scrape):
 @pytest.mark.gen_test
 @pytest.mark.hacheck_config(cache_time=5)
 async def test_expired_entries_leave_the_cache(get, scrape, clock):
-    async with accepting() as port:
+    async with accepting() as port, accepting() as another_port:
         await get(f"/tcp/web/{port}")
-        await get(f"/tcp/web/{port}/another-key")
+        await get(f"/tcp/web/{another_port}")
         assert total(await scrape(), "hacheck_cache_entries") == 2
         clock.now += 6
         await get(f"/tcp/web/{port}")

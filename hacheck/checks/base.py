@@ -8,14 +8,17 @@ into a result, so protocol modules do not repeat try/except blocks.
 
 import asyncio
 import concurrent.futures
+import contextlib
+import errno
 import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Optional, Tuple
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Hashable, Mapping, Optional, Tuple
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.netutil import DefaultLoopResolver, Resolver
 
 from hacheck.config import Config
@@ -29,6 +32,13 @@ log = logging.getLogger(__name__)
 HTTP_MAX_BUFFER_BYTES = 256 * 1024
 
 
+# The code Tornado's HTTP client gives a request that got no answer (refused, timed out, cut off).
+# An HTTP check records it as its own code, as the original did; the response is a 503 (HTTP knows no 599).
+NO_ANSWER = 599
+# What a check that got no answer in time records unless it declares another ``no_answer_code``.
+DEFAULT_NO_ANSWER_CODE = 503
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a check connects: the host (127.0.0.1 unless a header said otherwise) and port."""
@@ -37,24 +47,176 @@ class Target:
     port: int
 
 
+# Errors that say hacheck itself ran out of something before the check reached the service.
+OWN_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
 @dataclass(frozen=True)
 class CheckResult:
-    """A check's verdict: an HTTP-style status code and a message for people."""
+    """A check's answer: an HTTP-style status code and a message for people.
+
+    ``is_verdict`` is False when the check never reached the service (no free
+    slot, hacheck out of file descriptors, a bound): the answer says so, and the
+    cache does not keep it as the service's state.
+    """
 
     code: int
     message: str = ""
+    is_verdict: bool = True
 
     @property
     def is_up(self) -> bool:
         return 200 <= self.code < 300
 
 
+def not_reached(message: str) -> CheckResult:
+    """The 503 of a check that never reached the service (never cached)."""
+    return CheckResult(503, message, is_verdict=False)
+
+
 class CheckFailed(Exception):
     """Raised inside a check to answer with ``code`` and ``message`` at once."""
 
-    def __init__(self, code: int, message: str):
+    def __init__(self, code: int, message: str, is_verdict: bool = True):
         super().__init__(message)
-        self.result = CheckResult(code, message)
+        self.result = CheckResult(code, message, is_verdict)
+
+
+class CheckProgress:
+    """What a running check waited for of hacheck's own: a slot it is still waiting for
+    (``waiting_for``), or one it got after waiting ``waited`` seconds (``waited_for``).
+
+    When the timeout comes while a check still waits for a slot, the service was
+    never asked; when it comes after the check waited, the service had less than
+    the timeout to answer. Neither answer may pass for the service's verdict.
+    """
+
+    __slots__ = ("waiting_for", "waited_for", "waited")
+
+    def __init__(self) -> None:
+        self.waiting_for: Optional[str] = None
+        self.waited_for: Optional[str] = None
+        self.waited = 0.0
+
+
+class Slots:
+    """At most ``limit()`` holders at once, served first come first served.
+
+    The limit is read at each acquisition, so a changed configuration applies
+    to the next check. ``waiting`` is shown in ``/status``.
+    """
+
+    def __init__(self, limit: Callable[[], int]):
+        self._limit = limit
+        self.in_use = 0
+        self._waiters: Deque[asyncio.Future] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def idle(self) -> bool:
+        return self.in_use == 0 and not self._waiters
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now, without waiting."""
+        if self.in_use < self._limit() and not self._waiters:
+            self.in_use += 1
+            return True
+        return False
+
+    async def acquire(self, progress: Optional[CheckProgress] = None, what: str = "") -> None:
+        """Wait for a slot; meanwhile ``progress`` says the check waits for ``what``."""
+        if self.try_acquire():
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        started = loop.time()
+        if progress is not None:
+            progress.waiting_for = what
+        try:
+            await waiter  # release() counted this holder in before waking it
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # woken and cancelled at once: pass the slot on
+            elif waiter in self._waiters:  # release() may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+        if progress is not None:
+            progress.waiting_for = None
+            progress.waited_for = what
+            progress.waited += loop.time() - started
+
+    def release(self) -> None:
+        self.in_use -= 1
+        while self._waiters and self.in_use < self._limit():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def held(self, progress: Optional[CheckProgress], what: str) -> AsyncIterator[None]:
+        """Hold a slot for the block; ``progress`` says ``what`` the check waits for meanwhile."""
+        await self.acquire(progress, what)
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class KeyedSlots:
+    """``Slots`` per key (a target, a client), each with the same limit; only keys in use are kept."""
+
+    def __init__(self, limit: Callable[[], int]):
+        self._limit = limit
+        self._slots: Dict[Hashable, Slots] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def in_use(self) -> int:
+        return sum(slots.in_use for slots in self._slots.values())
+
+    def _slots_of(self, key: Hashable) -> Slots:
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = Slots(self._limit)
+        return slots
+
+    def try_acquire(self, key: Hashable) -> bool:
+        slots = self._slots_of(key)
+        if slots.try_acquire():
+            return True
+        self._forget_if_idle(key, slots)
+        return False
+
+    async def acquire(self, key: Hashable, progress: Optional[CheckProgress] = None, what: str = "") -> None:
+        slots = self._slots_of(key)
+        try:
+            await slots.acquire(progress, what)
+        except asyncio.CancelledError:
+            self._forget_if_idle(key, slots)
+            raise
+
+    def release(self, key: Hashable) -> None:
+        slots = self._slots[key]
+        slots.release()
+        self._forget_if_idle(key, slots)
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: Hashable, progress: Optional[CheckProgress], what: str) -> AsyncIterator[None]:
+        await self.acquire(key, progress, what)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+    def _forget_if_idle(self, key: Hashable, slots: Slots) -> None:
+        if slots.idle and self._slots.get(key) is slots:
+            del self._slots[key]
 
 
 class NumericFirstResolver(Resolver):
@@ -89,7 +251,10 @@ class SharedResources:
         self._http_client: Optional[AsyncHTTPClient] = None
         self._resolver = NumericFirstResolver()
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._blocking_slots: Optional[asyncio.Semaphore] = None
+        # hacheck's own count of outbound HTTP requests, so that a check knows whether it is still
+        # waiting for a slot (Tornado's client queue would only say so after the fact).
+        self.outbound_slots = Slots(lambda: self.config.max_clients)
+        self.blocking_slots = Slots(lambda: self.config.max_clients)
 
     @property
     def http_client(self) -> AsyncHTTPClient:
@@ -103,11 +268,26 @@ class SharedResources:
 
     def outbound_queue_size(self) -> int:
         """Requests waiting for a free outbound HTTP slot (``/status``)."""
-        client = self._http_client
-        queue = getattr(client, "queue", None)
-        return len(queue) if queue is not None else 0
+        return self.outbound_slots.waiting
 
-    async def run_blocking(self, func: Callable[..., Any], *args: Any, timeout: float) -> Any:
+    async def fetch(self, request: HTTPRequest, progress: Optional[CheckProgress]) -> "asyncio.Future":
+        """Start ``request`` once one of the ``max_clients`` outbound slots is free; returns the fetch.
+
+        The slot is held until Tornado is done with the request, even when the
+        check that started it was cancelled meanwhile: await the fetch shielded.
+        """
+        slots = self.outbound_slots
+        await slots.acquire(progress, f"free outbound connection (max_clients={self.config.max_clients})")
+        try:
+            pending = self.http_client.fetch(request, raise_error=False)
+        except BaseException:
+            slots.release()
+            raise
+        pending.add_done_callback(_release_and_collect(slots))
+        return pending
+
+    async def run_blocking(self, func: Callable[..., Any], *args: Any, timeout: float,
+                           progress: Optional[CheckProgress] = None) -> Any:
         """Run a blocking call (a driver without asyncio) in a bounded thread pool.
 
         At most ``max_clients`` run at once; waiting for a slot counts against
@@ -116,18 +296,17 @@ class SharedResources:
         socket timeouts so the thread comes back.
         """
         if self._executor is None:
-            workers = self.config.max_clients
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="hacheck-blocking"
+                max_workers=self.config.max_clients, thread_name_prefix="hacheck-blocking"
             )
-            self._blocking_slots = asyncio.Semaphore(workers)
         # Held here: a reload may start a new pool meanwhile; this call finishes in the old one.
-        executor, slots = self._executor, self._blocking_slots
+        executor = self._executor
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        what = f"free blocking-pool thread (max_clients={self.config.max_clients})"
 
         async def bounded() -> Any:
-            async with slots:
+            async with self.blocking_slots.held(progress, what):
                 return await loop.run_in_executor(executor, func, *args)
 
         return await asyncio.wait_for(bounded(), max(0.0, deadline - loop.time()))
@@ -141,7 +320,6 @@ class SharedResources:
             self._http_client.max_clients = config.max_clients
         # Calls in flight keep the old pool; with no reference left it ends its threads once they are done.
         self._executor = None
-        self._blocking_slots = None
 
     def close(self) -> None:
         if self._http_client is not None:
@@ -153,6 +331,16 @@ class SharedResources:
             self._executor = None
 
 
+def _release_and_collect(slots: Slots) -> Callable[["asyncio.Future"], None]:
+    """A fetch's done callback: free its slot, and collect an outcome nobody awaits any more
+    (its check was cancelled at the timeout), so it is not logged as an error."""
+    def done(pending: "asyncio.Future") -> None:
+        slots.release()
+        if not pending.cancelled():
+            pending.exception()
+    return done
+
+
 @dataclass(frozen=True)
 class CheckContext:
     """Everything about the incoming request a check may use besides target and query."""
@@ -162,6 +350,7 @@ class CheckContext:
     resources: SharedResources
     query_string: str = ""
     headers: Mapping[str, str] = None  # the incoming request's headers, case-insensitive
+    progress: CheckProgress = field(default_factory=CheckProgress)
 
     @property
     def timeout(self) -> float:
@@ -169,6 +358,15 @@ class CheckContext:
 
 
 CheckFunction = Callable[[Target, str, CheckContext], Awaitable[CheckResult]]
+
+
+def connect_failure(err: BaseException, target: Target, code: int = DEFAULT_NO_ANSWER_CODE) -> CheckResult:
+    """``code`` (503) for a failed connection; hacheck's own lack of descriptors is a 503 that is not
+    the service's verdict."""
+    if isinstance(err, OSError) and err.errno in OWN_RESOURCE_ERRNOS:
+        return not_reached(f"hacheck could not connect to {target.host}:{target.port}: {err.strerror} "
+                           "(hacheck's own limit; the service was not asked)")
+    return CheckResult(code, describe_connect_error(err, target))
 
 
 def describe_connect_error(err: BaseException, target: Target) -> str:
@@ -198,7 +396,8 @@ async def open_connection(
     except asyncio.TimeoutError:
         raise CheckFailed(503, f"Connection timed out after {timeout:.2f}s") from None
     except (OSError, ssl.SSLError) as err:
-        raise CheckFailed(503, describe_connect_error(err, target)) from None
+        failure = connect_failure(err, target)
+        raise CheckFailed(failure.code, failure.message, failure.is_verdict) from None
 
 
 async def close_quietly(writer: asyncio.StreamWriter) -> None:
@@ -213,15 +412,23 @@ async def close_quietly(writer: asyncio.StreamWriter) -> None:
 async def run_check(check: CheckFunction, target: Target, query: str, context: CheckContext) -> CheckResult:
     """Run a check within ``healthcheck_timeout``; never raises."""
     timeout = context.timeout
+    no_answer_code = getattr(check, "no_answer_code", DEFAULT_NO_ANSWER_CODE)
     started = time.monotonic()
     try:
         return await asyncio.wait_for(check(target, query, context), timeout)
     except CheckFailed as failed:
         return failed.result
     except asyncio.TimeoutError:
-        return CheckResult(503, f"Check timed out after {timeout:.2f}s")
+        progress = context.progress
+        if progress.waiting_for is not None:
+            return not_reached(f"Check of {target.host}:{target.port} not run: no {progress.waiting_for} "
+                               f"within {timeout:.2f}s")
+        if progress.waited_for is not None:
+            return not_reached(f"Check of {target.host}:{target.port} timed out after {timeout:.2f}s, "
+                               f"{progress.waited:.2f}s of it waiting for a {progress.waited_for}")
+        return CheckResult(no_answer_code, f"Check timed out after {timeout:.2f}s")
     except (OSError, ssl.SSLError) as err:
-        return CheckResult(503, describe_connect_error(err, target))
+        return connect_failure(err, target, no_answer_code)
     except asyncio.CancelledError:
         raise
     except Exception as err:  # a bug in a check must not take the daemon down

@@ -1,19 +1,21 @@
 """The `haproxy` check: read HAProxy's stats CSV and report the service's BACKEND status.
 
 The service name is the proxy name (`pxname`); its row with `svname` BACKEND says
-whether HAProxy has any server up for it.
+whether HAProxy has any server up for it. The query is the stats page's path
+(``/haproxy/<backend>/<port>/stats`` reads ``/stats;csv``), ``/`` when empty.
 """
 
+import asyncio
 import csv
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from hacheck.checks.base import CheckContext, CheckResult, Target, describe_connect_error
+from hacheck.checks.base import CheckContext, CheckResult, Target, connect_failure
+from hacheck.checks.http import upstream_url
 
 
 async def check(target: Target, query: str, context: CheckContext) -> CheckResult:
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    url = f"http://{host}:{target.port}/;csv"
+    url = upstream_url("http", target, query + ";csv", "")
     # End just inside run_check's deadline: Tornado then reports its own timeout
     # rather than logging an error for a fetch cancelled from outside.
     timeout = context.timeout - min(0.1, context.timeout / 10)
@@ -24,11 +26,11 @@ async def check(target: Target, query: str, context: CheckContext) -> CheckResul
         follow_redirects=False,
     )
     try:
-        response = await context.resources.http_client.fetch(request, raise_error=False)
+        response = await asyncio.shield(await context.resources.fetch(request, context.progress))
     except HTTPClientError as err:  # timeouts and closed streams (599) are raised even so
         return CheckResult(503, f"Cannot read HAProxy stats at {url}: {err}")
     except OSError as err:
-        return CheckResult(503, describe_connect_error(err, target))
+        return connect_failure(err, target)
     if response.code != 200:
         return CheckResult(503, f"HAProxy stats at {url} answered {response.code} {response.reason}")
 

@@ -2,19 +2,22 @@
 
 `https` is the same request over TLS (``fetch`` takes the scheme). Redirects
 are not followed: a 3xx is the answer. An upstream that refuses, hangs up or
-stays silent is a 503 whose message says which.
+stays silent is a 599 (Tornado's code for "no answer", which the original
+recorded as the last status; the response itself is a 503) whose message says which.
 """
 
 import asyncio
 import logging
 import urllib.parse
+from typing import Mapping, Optional, Tuple
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders, HTTPInputError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from hacheck import __version__
-from hacheck.checks.base import CheckContext, CheckResult, Target, describe_connect_error
+from hacheck.checks.base import NO_ANSWER, CheckContext, CheckResult, Target, connect_failure
+from hacheck.config import Config
 
 USER_AGENT = f"hastate {__version__}"
 
@@ -29,6 +32,9 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 async def check(target: Target, query: str, context: CheckContext) -> CheckResult:
     return await fetch("http", target, query, context)
+
+
+check.no_answer_code = NO_ANSWER
 
 
 async def fetch(scheme: str, target: Target, query: str, context: CheckContext) -> CheckResult:
@@ -47,15 +53,14 @@ async def fetch(scheme: str, target: Target, query: str, context: CheckContext) 
     )
     # raise_error=False keeps every HTTP status from raising; what still
     # raises is a failure to get any complete answer.
-    pending = context.resources.http_client.fetch(request, raise_error=False)
-    # When run_check's timeout cancels this check first, Tornado still ends the
-    # fetch at its own timeout: shield it and collect that late outcome, so it
-    # is not logged as an error.
-    pending.add_done_callback(_collect_outcome)
+    pending = await context.resources.fetch(request, context.progress)
     try:
+        # When run_check's timeout cancels this check first, Tornado still ends the fetch at its own timeout.
         response = await asyncio.shield(pending)
     except (HTTPClientError, OSError) as err:
-        return CheckResult(503, _failure_message(err, url, target, body, context))
+        if isinstance(err, OSError) and not body.too_large:
+            return connect_failure(err, target, NO_ANSWER)
+        return CheckResult(NO_ANSWER, _failure_message(err, url, target, body, context))
     return CheckResult(response.code, body.text())
 
 
@@ -66,36 +71,34 @@ def upstream_url(scheme: str, target: Target, query: str, query_string: str) -> 
     return f"{url}?{query_string}" if query_string else url
 
 
+def copied_headers(config: Config, incoming: Optional[Mapping[str, str]], service: str) -> Tuple[Tuple[str, str], ...]:
+    """The headers an http check sends besides User-Agent: the incoming ones named in
+    ``http_headers_to_copy`` and, when ``service_name_header`` is set, the service name.
+
+    They are inputs of the check: its cache key holds them (see ``hacheck.checks.check_key``).
+    """
+    given = {name.lower(): value for name, value in (incoming or {}).items()}
+    copied = [(name, given[name.lower()]) for name in config.http_headers_to_copy if name.lower() in given]
+    if config.service_name_header:
+        copied.append((config.service_name_header, service))
+    return tuple(copied)
+
+
 def outbound_headers(context: CheckContext) -> HTTPHeaders:
-    """User-Agent, the incoming headers named in ``http_headers_to_copy``, and the service name header."""
+    """User-Agent and the ``copied_headers``."""
     headers = HTTPHeaders({"User-Agent": USER_AGENT})
-    incoming = {name.lower(): value for name, value in (context.headers or {}).items()}
-    for name in context.config.http_headers_to_copy:
-        value = incoming.get(name.lower())
-        if value is not None:
-            headers[name] = value
-    if context.config.service_name_header:
-        headers[context.config.service_name_header] = context.service
+    for name, value in copied_headers(context.config, context.headers, context.service):
+        headers[name] = value
     return headers
-
-
-def _collect_outcome(pending: "asyncio.Future") -> None:
-    if not pending.cancelled():
-        pending.exception()
 
 
 def _failure_message(err: Exception, url: str, target: Target, body: "_BoundedBody", context: CheckContext) -> str:
     if body.too_large:
         return f"Answer from {url} is larger than {MAX_BODY_BYTES // 1024} KiB; stopped reading it"
     if isinstance(err, HTTPTimeoutError):
-        if "queue" in err.message:
-            return (f"Request to {url} timed out after {context.timeout:.2f}s waiting for a free "
-                    f"outbound connection (max_clients={context.config.max_clients})")
         return f"Request to {url} timed out after {context.timeout:.2f}s"
     if isinstance(err, HTTPStreamClosedError):
         return f"Connection closed by {target.host}:{target.port} before a complete answer to {url}"
-    if isinstance(err, OSError):
-        return describe_connect_error(err, target)
     return f"Request to {url} failed: {err}"
 
 

@@ -72,7 +72,7 @@ async def check(target: Target, query: str, context: CheckContext) -> CheckResul
     where = f"{target.host}:{target.port}"
     login = Login(target, config.mysql_username, config.mysql_password, context.timeout)
     try:
-        version = await context.resources.run_blocking(login.run, timeout=context.timeout)
+        version = await context.resources.run_blocking(login.run, timeout=context.timeout, progress=context.progress)
     except pymysql.MySQLError as err:
         number = err.args[0] if err.args else None
         message = err.args[1] if len(err.args) > 1 else str(err)

@@ -1,16 +1,21 @@
-"""Fixtures for the protocol checks: contexts, scripted and silent TCP servers, hang probes."""
+"""Fixtures for the protocol checks: contexts, scripted and silent TCP servers, hang probes, a real HAProxy."""
 
 import asyncio
+import contextlib
+import csv
 import socket
 import socketserver
+import subprocess
 import threading
 import time
+import urllib.request
 from typing import Callable, List, Optional
 
 import pytest
 
 from hacheck.checks.base import CheckContext, SharedResources, Target, run_check
 from hacheck.config import Config
+from tests.conftest import port_open, require_command, unused_port
 
 # A check against a server that never answers must end within the timeout; this much
 # slack covers a busy 2-core machine without hiding a check that waits twice as long.
@@ -162,3 +167,55 @@ def hang_probe(make_context, silent_server):
         return result
 
     return probe
+
+
+def _backend_statuses(stats_url: str) -> dict:
+    with urllib.request.urlopen(stats_url, timeout=2) as response:
+        lines = response.read().decode().removeprefix("# ").splitlines()
+    return {row["pxname"]: row["status"] for row in csv.DictReader(lines) if row["svname"] == "BACKEND"}
+
+
+@contextlib.contextmanager
+def haproxy_with_stats(workdir, stats_uri: str):
+    """A real HAProxy with its stats page at ``stats_uri``, backend ``web_up`` on a live listener and
+    ``web_down`` on a closed port; yields the stats port once both backends have settled."""
+    binary = require_command("haproxy")
+    stats_port, closed = unused_port(), unused_port()
+    live = ScriptedServer()  # accepts connections: enough for HAProxy's TCP health check
+    config = workdir / "haproxy.cfg"
+    config.write_text(
+        "global\n"
+        "  maxconn 100\n"
+        "defaults\n"
+        "  mode http\n"
+        "  timeout connect 1s\n"
+        "  timeout client 5s\n"
+        "  timeout server 5s\n"
+        "listen stats\n"
+        f"  bind 127.0.0.1:{stats_port}\n"
+        "  stats enable\n"
+        f"  stats uri {stats_uri}\n"
+        "backend web_up\n"
+        f"  server live 127.0.0.1:{live.port} check inter 100ms fall 1 rise 1\n"
+        "backend web_down\n"
+        f"  server gone 127.0.0.1:{closed} check inter 100ms fall 1 rise 1\n"
+    )
+    log = workdir / "haproxy.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
+    stats_url = f"http://127.0.0.1:{stats_port}{stats_uri.rstrip('/')}/;csv"
+    try:
+        # Servers start UP; wait until the health checks have settled both backends.
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")
+            statuses = _backend_statuses(stats_url) if port_open(stats_port, timeout=0.2) else {}
+            if statuses.get("web_up") == "UP" and statuses.get("web_down") == "DOWN":
+                break
+            assert time.monotonic() < deadline, f"backends did not settle: {statuses}"
+            time.sleep(0.1)
+        yield stats_port
+    finally:
+        process.terminate()
+        process.wait(10)
+        live.close()

@@ -1,68 +1,19 @@
 """The haproxy check against a real HAProxy whose stats page shows one backend up and one down."""
 
-import csv
-import subprocess
-import time
-import urllib.request
-
 import pytest
 import tornado.web
 
 from hacheck.checks import haproxy
 from hacheck.checks.base import Target, run_check
-from tests.checks.conftest import ScriptedServer
-from tests.conftest import port_open, require_command, unused_port
-
-
-def backend_statuses(stats_port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/;csv", timeout=2) as response:
-        lines = response.read().decode().removeprefix("# ").splitlines()
-    return {row["pxname"]: row["status"] for row in csv.DictReader(lines) if row["svname"] == "BACKEND"}
+from tests.checks.conftest import haproxy_with_stats
+from tests.conftest import unused_port
 
 
 @pytest.fixture(scope="module")
 def haproxy_stats(tmp_path_factory):
     """A real HAProxy: stats at ``/``, backend ``web_up`` on a live listener, ``web_down`` on a closed port."""
-    binary = require_command("haproxy")
-    workdir = tmp_path_factory.mktemp("haproxy")
-    stats_port, closed = unused_port(), unused_port()
-    live = ScriptedServer()  # accepts connections: enough for HAProxy's TCP health check
-    config = workdir / "haproxy.cfg"
-    config.write_text(
-        "global\n"
-        "  maxconn 100\n"
-        "defaults\n"
-        "  mode http\n"
-        "  timeout connect 1s\n"
-        "  timeout client 5s\n"
-        "  timeout server 5s\n"
-        "listen stats\n"
-        f"  bind 127.0.0.1:{stats_port}\n"
-        "  stats enable\n"
-        "  stats uri /\n"
-        "backend web_up\n"
-        f"  server live 127.0.0.1:{live.port} check inter 100ms fall 1 rise 1\n"
-        "backend web_down\n"
-        f"  server gone 127.0.0.1:{closed} check inter 100ms fall 1 rise 1\n"
-    )
-    log = workdir / "haproxy.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        # Servers start UP; wait until the health checks have settled both backends.
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")
-            statuses = backend_statuses(stats_port) if port_open(stats_port, timeout=0.2) else {}
-            if statuses.get("web_up") == "UP" and statuses.get("web_down") == "DOWN":
-                break
-            assert time.monotonic() < deadline, f"backends did not settle: {statuses}"
-            time.sleep(0.1)
+    with haproxy_with_stats(tmp_path_factory.mktemp("haproxy"), "/") as stats_port:
         yield Target("127.0.0.1", stats_port)
-    finally:
-        process.terminate()
-        process.wait(10)
-        live.close()
 
 
 @pytest.mark.gen_test

@@ -40,10 +40,10 @@ async def test_upstream_is_reached_by_address_or_by_name(host):
 
 
 @pytest.mark.gen_test
-async def test_name_that_does_not_resolve_is_503_saying_so():
+async def test_name_that_does_not_resolve_is_599_saying_so():
     with checking() as context:
         result = await run_check(http.check, Target("no-such-host.invalid", 80), "health", context)
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     assert result.message.startswith("Cannot resolve host no-such-host.invalid"), result.message
 
 
@@ -139,24 +139,24 @@ async def test_body_that_is_not_utf8_is_replaced_not_fatal():
 
 
 @pytest.mark.gen_test
-async def test_refused_port_is_503_at_once():
+async def test_refused_port_is_599_at_once():
     port = unused_port()
     with checking(Config(healthcheck_timeout=5)) as context:
         started = time.monotonic()
         result = await run_check(http.check, local(port), "health", context)
         elapsed = time.monotonic() - started
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     assert result.message == f"Connection refused by 127.0.0.1:{port}"
     assert elapsed < 2
 
 
 @pytest.mark.gen_test
-async def test_silent_upstream_times_out_with_503():
+async def test_silent_upstream_times_out_with_599():
     with silent_listener() as port, checking(Config(healthcheck_timeout=0.5)) as context:
         started = time.monotonic()
         result = await http.check(local(port), "health", context)
         elapsed = time.monotonic() - started
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     assert result.message == f"Request to http://127.0.0.1:{port}/health timed out after 0.50s"
     assert 0.4 < elapsed < 3
 
@@ -168,14 +168,14 @@ async def test_silent_upstream_through_run_check_says_timed_out(caplog):
         result = await run_check(http.check, local(port), "health", context)
         elapsed = time.monotonic() - started
         await asyncio.sleep(0.3)  # Tornado's own timeout for the fetch fires meanwhile
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     assert "timed out after 0.50s" in result.message
     assert 0.4 < elapsed < 3
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.gen_test
-async def test_upstream_hanging_up_without_answer_is_503():
+async def test_upstream_hanging_up_without_answer_is_599():
     async def hang_up(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
@@ -183,12 +183,12 @@ async def test_upstream_hanging_up_without_answer_is_503():
     async with tcp_server(hang_up) as port:
         with checking(Config(healthcheck_timeout=5)) as context:
             result = await http.check(local(port), "health", context)
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     assert result.message.startswith(f"Connection closed by 127.0.0.1:{port} before a complete answer")
 
 
 @pytest.mark.gen_test
-async def test_garbage_answer_is_503_with_a_reason():
+async def test_garbage_answer_is_599_with_a_reason():
     async def babble(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
@@ -200,7 +200,7 @@ async def test_garbage_answer_is_503_with_a_reason():
         with checking(Config(healthcheck_timeout=1.5)) as context:
             started = time.monotonic()
             result = await run_check(http.check, local(port), "health", context)
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     assert time.monotonic() - started < 3
     assert f"127.0.0.1:{port}" in result.message or "timed out" in result.message
 
@@ -216,7 +216,7 @@ async def test_endless_body_is_cut_off_at_once():
             if upstream.hung_up:
                 break
             await asyncio.sleep(0.05)
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     url = f"http://127.0.0.1:{upstream.port}/endless"
     assert result.message == f"Answer from {url} is larger than 64 KiB; stopped reading it"
     assert elapsed < 3

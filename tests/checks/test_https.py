@@ -37,7 +37,7 @@ async def test_self_signed_upstream_answers_with_its_code_and_body(tmp_path):
 
 
 @pytest.mark.gen_test
-async def test_plain_http_upstream_is_503_naming_tls():
+async def test_plain_http_upstream_is_599_naming_tls():
     async def plain_http(reader, writer):
         writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
@@ -46,18 +46,18 @@ async def test_plain_http_upstream_is_503_naming_tls():
     async with tcp_server(plain_http) as port:
         with checking(Config(healthcheck_timeout=3)) as context:
             result = await run_check(https.check, local(port), "health", context)
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     assert result.message.startswith(f"TLS error talking to 127.0.0.1:{port}")
 
 
 @pytest.mark.gen_test
-async def test_refused_port_is_503_at_once():
+async def test_refused_port_is_599_at_once():
     port = unused_port()
     with checking(Config(healthcheck_timeout=5)) as context:
         started = time.monotonic()
         result = await run_check(https.check, local(port), "health", context)
         elapsed = time.monotonic() - started
-    assert (result.code, result.message) == (503, f"Connection refused by 127.0.0.1:{port}")
+    assert (result.code, result.message) == (599, f"Connection refused by 127.0.0.1:{port}")
     assert elapsed < 2
 
 
@@ -67,6 +67,6 @@ async def test_silent_upstream_times_out_during_handshake():
         started = time.monotonic()
         result = await run_check(https.check, local(port), "health", context)
         elapsed = time.monotonic() - started
-    assert result.code == 503
+    assert result.code == 599  # no answer: recorded 599, answered 503
     assert "timed out after 0.50s" in result.message
     assert 0.4 < elapsed < 3

@@ -9,7 +9,7 @@ import pymysql
 import pytest
 
 from hacheck.checks import mysql
-from hacheck.checks.base import Target, run_check
+from hacheck.checks.base import CheckProgress, Target, run_check
 from tests.checks.conftest import HUNG_SLACK, HUNG_TIMEOUT
 from tests.conftest import require_port
 
@@ -138,3 +138,20 @@ async def test_a_dripping_server_cannot_keep_the_only_thread(mysql_user, scripte
     patient = dataclasses.replace(context, config=context.config.replace(healthcheck_timeout=2))
     good = await run_check(mysql.check, MARIADB, "", patient)
     assert good.code == 200, good
+
+
+@pytest.mark.gen_test
+async def test_no_free_thread_within_the_timeout_is_not_a_verdict(mysql_user, silent_server, make_context):
+    # A hung login holds the only thread for 1 s; a login asked meanwhile with a 0.3 s timeout
+    # never reaches MariaDB, and its 503 says so instead of passing for MariaDB's state.
+    username, password = mysql_user
+    context = make_context(healthcheck_timeout=1.0, max_clients=1, mysql_username=username, mysql_password=password)
+    holder = asyncio.ensure_future(run_check(mysql.check, silent_server.target, "", context))
+    await asyncio.sleep(0.1)
+    waiting = dataclasses.replace(context, config=context.config.replace(healthcheck_timeout=0.3),
+                                  progress=CheckProgress())
+    result = await run_check(mysql.check, MARIADB, "", waiting)
+    assert (result.code, result.is_verdict) == (503, False)
+    assert result.message == ("Check of 127.0.0.1:3306 not run: no free blocking-pool thread (max_clients=1) "
+                              "within 0.30s")
+    assert (await holder).is_verdict

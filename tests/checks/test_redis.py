@@ -52,8 +52,8 @@ def sentinel(tmp_path_factory) -> Target:
 
 
 def test_registry_serves_both_names_from_each_module():
-    assert REGISTRY["redis"] is REGISTRY["sentinel"] is redis.check
-    assert REGISTRY["redis-info"] is REGISTRY["sentinel-info"] is redis_info.check
+    assert REGISTRY["redis"].check is REGISTRY["sentinel"].check is redis.check
+    assert REGISTRY["redis-info"].check is REGISTRY["sentinel-info"].check is redis_info.check
 
 
 @pytest.mark.gen_test
@@ -64,7 +64,7 @@ async def test_redis_answers_pong(local_redis, make_context):
 
 @pytest.mark.gen_test
 async def test_sentinel_answers_pong(sentinel, make_context):
-    result = await run_check(REGISTRY["sentinel"], sentinel, "", make_context())
+    result = await run_check(REGISTRY["sentinel"].check, sentinel, "", make_context())
     assert (result.code, result.message) == (200, "PONG")
 
 
@@ -134,7 +134,7 @@ async def test_redis_info_match_on_a_missing_field(local_redis, make_context):
 
 @pytest.mark.gen_test
 async def test_sentinel_info_match_hit_and_miss(sentinel, make_context):
-    check = REGISTRY["sentinel-info"]
+    check = REGISTRY["sentinel-info"].check
     hit = await run_check(check, sentinel, "match", make_context(query_string="redis_mode=sentinel"))
     assert (hit.code, hit.message) == (200, "Matched redis_mode=sentinel")
     miss = await run_check(check, sentinel, "match", make_context(query_string="sentinel_masters=2"))

@@ -16,15 +16,40 @@ class UpstreamState:
         self.body = b"healthy"
         self.delay = 0.0
         self.requests = []
+        # When set, only a request with this Host header is answered ``code``; any other gets 503.
+        self.only_host = None
+        # Requests being answered now, and the most at once, by path (with its query string).
+        self.in_flight = {}
+        self.max_in_flight = {}
+        # The most requests at once, whatever their paths.
+        self.max_in_flight_total = 0
+        self._lock = threading.Lock()
+
+    def _arrived(self, path: str) -> None:
+        with self._lock:
+            self.in_flight[path] = self.in_flight.get(path, 0) + 1
+            self.max_in_flight[path] = max(self.max_in_flight.get(path, 0), self.in_flight[path])
+            self.max_in_flight_total = max(self.max_in_flight_total, sum(self.in_flight.values()))
+
+    def _left(self, path: str) -> None:
+        with self._lock:
+            self.in_flight[path] -= 1
 
 
 def _handler_class(state: UpstreamState):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             state.requests.append((self.path, dict(self.headers)))
-            if state.delay:
-                time.sleep(state.delay)
-            self.send_response(state.code)
+            state._arrived(self.path)
+            try:
+                if state.delay:
+                    time.sleep(state.delay)
+            finally:
+                state._left(self.path)
+            code = state.code
+            if state.only_host is not None and self.headers.get("Host") != state.only_host:
+                code = 503
+            self.send_response(code)
             self.send_header("Content-Length", str(len(state.body)))
             self.end_headers()
             self.wfile.write(state.body)
