@@ -109,16 +109,7 @@ PY_VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' hacheck/__init__.py)"
 echo "   $DEB_VERSION"
 
 step "dpkg-buildpackage -us -uc -b (in a copy of the tree)"
-mkdir "$WORK/src"
-tar --exclude=./.git --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache \
-    --exclude=.hypothesis --exclude='*.egg-info' --exclude=./build --exclude=./dist \
-    --exclude=./debian/hacheck --exclude=./debian/.debhelper --exclude=./debian/files \
-    --exclude='./debian/*.substvars' --exclude=./debian/debhelper-build-stamp \
-    -cf - . | tar -xf - -C "$WORK/src"
-(cd "$WORK/src" && "${CLEAN[@]}" dpkg-buildpackage -us -uc -b) >"$WORK/build.log" 2>&1 \
-    || { tail -40 "$WORK/build.log" >&2; fail "dpkg-buildpackage failed (log above)"; }
-DEB="$WORK/hacheck_${DEB_VERSION}_all.deb"
-[ -f "$DEB" ] || fail "dpkg-buildpackage made no $DEB"
+DEB="$(bash .ci/build-deb.sh "$WORK")"
 CONTENTS="$(dpkg-deb -c "$DEB")"
 for tool in "${TOOLS[@]}"; do
     grep -q " \./usr/bin/$tool\$" <<<"$CONTENTS" || fail "the package has no /usr/bin/$tool"
@@ -179,7 +170,8 @@ step "systemd-analyze verify (offline: no running systemd needed)"
 man_check=--man=yes
 command -v man >/dev/null || man_check=--man=no
 # It exits 0 on unknown keys and bad values, only warning: any output fails.
-verify_output="$(systemd-analyze verify "$man_check" /lib/systemd/system/hacheck.service 2>&1)" \
+verify_output="$(systemd-analyze verify "$man_check" /lib/systemd/system/hacheck.service \
+    /lib/systemd/system/hacheck.socket /lib/systemd/system/hacheck-agent@3334.socket 2>&1)" \
     || fail "systemd-analyze verify failed: $verify_output"
 [ -z "$verify_output" ] || fail "systemd-analyze verify warns: $verify_output"
 grep -qx 'Type=notify' /lib/systemd/system/hacheck.service || fail "the unit is not Type=notify"
@@ -320,7 +312,10 @@ if dpkg -s hacheck >/dev/null 2>&1; then fail "dpkg still knows hacheck after pu
 if [ -n "$(dpkg -L hacheck 2>/dev/null)" ]; then fail "dpkg -L hacheck is not empty after purge"; fi
 for path in /etc/hacheck /var/log/hacheck /lib/systemd/system/hacheck.service /etc/logrotate.d/hacheck \
         /usr/lib/python3/dist-packages/hacheck /usr/share/doc/hacheck /usr/share/man/man1/hadown.1.gz \
-        /etc/systemd/system/multi-user.target.wants/hacheck.service "${TOOLS[@]/#//usr/bin/}"; do
+        /etc/systemd/system/multi-user.target.wants/hacheck.service /lib/systemd/system/hacheck.socket \
+        /etc/systemd/system/sockets.target.wants/hacheck.socket \
+        /var/lib/systemd/deb-systemd-helper-enabled/hacheck.service.dsh-also \
+        /var/lib/systemd/deb-systemd-helper-enabled/hacheck.socket.dsh-also "${TOOLS[@]/#//usr/bin/}"; do
     if [ -e "$path" ] || [ -L "$path" ]; then fail "$path is still there after purge"; fi
 done
 if getent passwd hacheck >/dev/null; then fail "the hacheck user is still there after purge"; fi

@@ -36,6 +36,9 @@ STOP_GRACE = 1.0
 # Tornado's default of 128 overflows when many checks arrive at once, and an
 # overflowed connection waits seconds for a SYN-ACK retransmission.
 LISTEN_BACKLOG = 4096
+# How long a stop waits for connections already accepted to send their request and be
+# answered, beyond the checks in flight (which may take healthcheck_timeout).
+STOP_IDLE_GRACE = 1.0
 # With -n, how long the supervisor waits for every worker to say it reloaded before it reports the reload done.
 WORKER_RELOAD_WAIT = 5.0
 DEFAULT_BIND_ADDRESS = "0.0.0.0"
@@ -248,15 +251,21 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
         orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
         orphan_watch.start()
     await stop.wait()
-    # Bounded whatever clients do: connections still sending a request (or idle) close at once,
-    # answers in flight get healthcheck_timeout (of the running configuration) plus STOP_GRACE,
-    # then everything closes.
+    # Bounded whatever clients do: answers get healthcheck_timeout (of the running configuration)
+    # plus STOP_GRACE; connections still sending a request after STOP_IDLE_GRACE are closed.
     log.info("stopping: no new connections, waiting for %d answer(s) in flight", server.answering())
     deadline = loop.time() + state.config.healthcheck_timeout + STOP_GRACE
     # Closes this process's descriptors only (never shutdown()): a socket systemd handed over stays
     # open there, and connections arriving meanwhile wait in its backlog for the next process.
     server.stop()
     agent.stop()
+    # A connection accepted just before the stop may not have sent its request yet: closing it at
+    # once would answer nothing (HAProxy: a failed check). It gets STOP_IDLE_GRACE to send it;
+    # each connection closes once answered.
+    server.finish_connections()
+    idle_deadline = min(deadline, loop.time() + STOP_IDLE_GRACE)
+    while server.unanswered() > 0 and loop.time() < idle_deadline:
+        await asyncio.sleep(0.05)
     server.close_unanswered()
     while server.answering() > 0 and loop.time() < deadline:
         await asyncio.sleep(0.05)

@@ -127,6 +127,14 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         """Requests read and not yet answered."""
         return self.guard.answering()
 
+    def unanswered(self) -> int:
+        """Connections open with no request being answered: idle, or still sending one."""
+        return len(self.guard.streams) - self.guard.answering()
+
+    def finish_connections(self) -> None:
+        """From now on each connection closes once answered (no further request on it is read)."""
+        self.guard.stopping = True
+
     def close_unanswered(self) -> None:
         """Close every connection not being answered now; those being answered close once answered."""
         self.guard.close_unanswered()

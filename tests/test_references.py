@@ -24,6 +24,9 @@ PACKAGE = "hacheck"
 DOC_DIR = f"/usr/share/doc/{PACKAGE}"
 # Pages of other packages the documentation may point at.
 OTHER_PACKAGES_PAGES = {("haproxy", "1")}
+# A site's own files from the original's package, which docs/debian.md and the
+# systemd test name and this package never installs.
+SITE_FILES = {f"/etc/{PACKAGE}.yaml"}
 # Files the tools write into the checkout; each must be in .gitignore.
 GENERATED = {"bench/results.json"}
 # dh_compress leaves files of at most this size in /usr/share/doc uncompressed.
@@ -123,7 +126,7 @@ def check_repository_path(where: str, reference: str) -> List[Problem]:
 
 def check_installed_path(where: str, reference: str) -> List[Problem]:
     reference = reference.rstrip(".,:;")
-    if not reference.startswith(CHECKED_INSTALLED):
+    if reference in SITE_FILES or not reference.startswith(CHECKED_INSTALLED):
         return []
     installed = installed_paths()
     if "*" in reference:

@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import threading
+import time
 
 import pytest
 
@@ -54,6 +55,10 @@ def test_serves_the_handed_http_and_agent_sockets(hacheck_daemon, workers):
         if workers > 1:
             # The workers serve the very sockets handed over (no port of their own).
             shared = {socket_inode(http_socket), socket_inode(agent_socket)}
+            # The first worker answers while the supervisor may still be starting the next one.
+            deadline = time.monotonic() + 10
+            while len(children(daemon.pid)) < workers and time.monotonic() < deadline:
+                time.sleep(0.05)
             worker_pids = children(daemon.pid)
             assert len(worker_pids) == workers
             for pid in worker_pids:
