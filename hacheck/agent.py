@@ -14,6 +14,7 @@ import socket
 from typing import Callable, List, Optional, Tuple
 
 from hacheck.activity import Activity
+from hacheck.config import Config
 from hacheck.metrics import Metrics
 from hacheck.names import PORT_PATTERN, SERVICE_PATTERN, InvalidName, check_service_name, parse_port
 from hacheck.server import add_pausing_accept_handler
@@ -21,15 +22,6 @@ from hacheck.spool import ALL, Spool, SpoolError, shown_reason
 from hacheck.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
-
-# HAProxy sends agent-send at once; a client silent for this long gets the
-# answer for a request without a service name and is disconnected.
-DEFAULT_READ_TIMEOUT = 1.0
-WRITE_TIMEOUT = 5.0
-MAX_LINE_BYTES = 1024
-# HAProxy keeps a short description (it truncates anyway); keep the answer one small line
-# (configuration: max_reason_chars).
-MAX_REASON_CHARS = 200
 
 _REQUEST = re.compile(rf"(?P<service>{SERVICE_PATTERN})(?:[:/](?P<port>{PORT_PATTERN}))?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -63,13 +55,12 @@ def parse_request(line: str) -> Tuple[Optional[str], Optional[int]]:
         raise BadAgentRequest(str(err)) from None
 
 
-def describe(reason: str, limit: int = MAX_REASON_CHARS) -> str:
-    """A reason made safe for the one-line answer: no control characters, at most ``limit`` characters."""
+def describe(reason: str, limit: int) -> str:
+    """A reason made safe for the one-line answer: no control characters, cut as HTTP answers cut it."""
     return shown_reason(_CONTROL.sub(" ", reason).strip(), limit)
 
 
-def answer_for(spool: Spool, service: Optional[str], port: Optional[int],
-               reason_limit: int = MAX_REASON_CHARS) -> str:
+def answer_for(spool: Spool, service: Optional[str], port: Optional[int], reason_limit: int) -> str:
     """The answer line (without newline) for a service; no service means only ``all`` applies."""
     found = spool.find_downtime(service, port) if service is not None else _find_all(spool)
     if found is None:
@@ -91,18 +82,19 @@ class AgentServer:
     Connections are accepted by the HTTP port's accept loop: out of file
     descriptors, it pauses and logs one line per interval through ``warnings``
     (asyncio's own loop logs a traceback for every failed accept).
+    The bounds (``agent_request_timeout``, ``agent_write_timeout``, ``max_agent_request_bytes``,
+    ``max_reason_chars``) are read from ``config()`` for each connection, so a reload applies them.
     """
 
-    def __init__(self, spool: Spool, read_timeout: float = DEFAULT_READ_TIMEOUT,
+    def __init__(self, spool: Spool, config: Callable[[], Config],
                  activity: Optional[Activity] = None, metrics: Optional[Metrics] = None,
-                 warnings: Optional[ThrottledLog] = None, max_reason_chars: int = MAX_REASON_CHARS):
+                 warnings: Optional[ThrottledLog] = None):
         """``activity`` and ``metrics`` (the daemon's) count each request as HTTP checks are counted."""
         self.spool = spool
-        self.read_timeout = read_timeout
+        self.config = config
         self.activity = activity
         self.metrics = metrics
         self.warnings = warnings or ThrottledLog(log)
-        self.max_reason_chars = max_reason_chars
         self._listeners: List[Tuple[socket.socket, Callable[[], None]]] = []
         self._connections = set()
 
@@ -142,10 +134,11 @@ class AgentServer:
         task = asyncio.current_task()
         self._connections.add(task)
         peer = writer.get_extra_info("peername")
+        config = self.config()
         try:
-            answer = await self._answer(reader, peer)
+            answer = await self._answer(reader, peer, config)
             writer.write(answer.encode("utf-8") + b"\n")
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+            await asyncio.wait_for(writer.drain(), config.agent_write_timeout)
         except (OSError, asyncio.TimeoutError) as err:
             log.debug("agent connection from %s ended early: %s", peer, err)
         except Exception:  # never let one connection take the server down
@@ -154,8 +147,8 @@ class AgentServer:
             self._connections.discard(task)
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, peer) -> str:
-        request, problem = await self._read_request(reader)
+    async def _answer(self, reader: asyncio.StreamReader, peer, config: Config) -> str:
+        request, problem = await self._read_request(reader, config)
         if problem is not None:
             log.debug("agent request from %s refused: %s", peer, problem)
             self._count(peer, None, BAD_REQUEST_CODE)
@@ -169,13 +162,13 @@ class AgentServer:
         except BadAgentRequest as err:
             log.debug("agent request from %s refused: %s", peer, err)
             self._count(peer, None, BAD_REQUEST_CODE)
-            return f"#hacheck: {describe(str(err))}"
+            return f"#hacheck: {describe(str(err), config.max_reason_chars)}"
         try:
-            answer = answer_for(self.spool, service, port, self.max_reason_chars)
+            answer = answer_for(self.spool, service, port, config.max_reason_chars)
         except SpoolError as err:
             # As the HTTP checks answer 503: nobody can tell whether the service is down.
             self.warnings.error("agent spool unreadable", "agent: %s: every agent request answers maint", err)
-            answer = f"{ANSWER_DOWN} #hacheck: {describe(str(err))}"
+            answer = f"{ANSWER_DOWN} #hacheck: {describe(str(err), config.max_reason_chars)}"
         log.debug("agent %s asked %r: %s", peer, line.strip(), answer)
         self._count(peer, service, ANSWER_CODES[answer.split(" ", 1)[0]])
         return answer
@@ -188,28 +181,31 @@ class AgentServer:
             client_ip = peer[0] if isinstance(peer, tuple) and peer else ""
             self.activity.record(service, client_ip, code)
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> Tuple[bytes, Optional[str]]:
-        """The first line (without its newline), or what came before EOF or the read timeout.
+    async def _read_request(self, reader: asyncio.StreamReader, config: Config) -> Tuple[bytes, Optional[str]]:
+        """The first line (without its newline), or what came before EOF or ``agent_request_timeout``.
 
-        Returns (request, problem); problem is set when the line is too long.
+        HAProxy sends agent-send at once; a client silent that long is answered as for an empty line.
+        Returns (request, problem); problem is set when the line is over ``max_agent_request_bytes``.
         """
+        limit = config.max_agent_request_bytes
+        too_long = f"request longer than {limit} bytes (max_agent_request_bytes)"
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.read_timeout
+        deadline = loop.time() + config.agent_request_timeout
         received = b""
         while b"\n" not in received:
-            if len(received) > MAX_LINE_BYTES:
-                return b"", f"request longer than {MAX_LINE_BYTES} bytes"
+            if len(received) > limit:
+                return b"", too_long
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break  # a silent client, or agent-send without "\n": answer what came
             try:
-                chunk = await asyncio.wait_for(reader.read(MAX_LINE_BYTES + 1), remaining)
+                chunk = await asyncio.wait_for(reader.read(limit + 1), remaining)
             except asyncio.TimeoutError:
                 break
             if not chunk:
                 break  # the client half-closed (printf 'web' | nc -N): answer what came
             received += chunk
         line = received.split(b"\n", 1)[0]
-        if len(line) > MAX_LINE_BYTES:
-            return b"", f"request longer than {MAX_LINE_BYTES} bytes"
+        if len(line) > limit:
+            return b"", too_long
         return line, None

@@ -62,6 +62,16 @@ class Config:
     # Uncached checks in flight that take an outbound slot: per (host, port), and per client address.
     max_checks_per_target: int = 4
     max_checks_per_client: int = 8
+    # The agent port (-A): how long a silent client is waited for (then answered as if it had sent an
+    # empty line), how long writing the answer may take, and the longest request line.
+    agent_request_timeout: float = 1.0
+    agent_write_timeout: float = 5.0
+    max_agent_request_bytes: int = 1024
+    # A stop gives connections that have not sent their request this long to send it, and answers
+    # healthcheck_timeout plus this long to reach their clients.
+    stop_grace: float = 1.0
+    # Health pages are small: an http check stops reading an upstream's body past this size.
+    max_upstream_body_bytes: int = 64 * 1024
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
@@ -119,7 +129,7 @@ RESTART_KEYS = frozenset({
 })
 # Keys that cached answers depend on: a reload that changes one empties the check cache.
 CACHE_SHAPING_KEYS = frozenset({
-    "cache_time", "service_name_header", "http_headers_to_copy", "healthcheck_timeout",
+    "cache_time", "service_name_header", "http_headers_to_copy", "healthcheck_timeout", "max_upstream_body_bytes",
     "mysql_username", "mysql_password", "postgresql_username", "postgresql_password", "postgresql_database",
 })
 
@@ -273,4 +283,9 @@ _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "access_counts_max_pairs": _positive_int,
     "max_checks_per_target": _positive_int,
     "max_checks_per_client": _positive_int,
+    "agent_request_timeout": _number(0, allow_equal=False),
+    "agent_write_timeout": _number(0, allow_equal=False),
+    "max_agent_request_bytes": _positive_int,
+    "stop_grace": _number(0, allow_equal=True),
+    "max_upstream_body_bytes": _positive_int,
 }

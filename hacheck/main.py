@@ -30,15 +30,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # A worker that dies this soon after starting is restarted only after a pause,
 # so a worker that cannot start does not turn into a fork loop.
 RESTART_PAUSE = 1.0
-# After healthcheck_timeout, the time a stop gives answers in flight to reach their clients.
-STOP_GRACE = 1.0
 # Connections the kernel queues before accept (capped by net.core.somaxconn).
 # Tornado's default of 128 overflows when many checks arrive at once, and an
 # overflowed connection waits seconds for a SYN-ACK retransmission.
 LISTEN_BACKLOG = 4096
-# How long a stop waits for connections already accepted to send their request and be
-# answered, beyond the checks in flight (which may take healthcheck_timeout).
-STOP_IDLE_GRACE = 1.0
 # With -n, how long the supervisor waits for every worker to say it reloaded before it reports the reload done.
 WORKER_RELOAD_WAIT = 5.0
 DEFAULT_BIND_ADDRESS = "0.0.0.0"
@@ -215,13 +210,12 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     server = hacheck.server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=state.warnings,
                                        xheaders=False)
     server.add_sockets(sockets)
-    agent = AgentServer(state.spool, activity=state.activity, metrics=state.metrics, warnings=state.warnings,
-                        max_reason_chars=config.max_reason_chars)
+    agent = AgentServer(state.spool, lambda: state.config, activity=state.activity, metrics=state.metrics,
+                        warnings=state.warnings)
 
     def apply_config(new_config: Config) -> str:
         state.apply_config(new_config)
         server.apply_config(new_config)
-        agent.max_reason_chars = new_config.max_reason_chars
         return ""
     loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(args.config_file, state.config, apply_config,
                                                                  notifier))
@@ -251,19 +245,20 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
         orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
         orphan_watch.start()
     await stop.wait()
-    # Bounded whatever clients do: answers get healthcheck_timeout (of the running configuration)
-    # plus STOP_GRACE; connections still sending a request after STOP_IDLE_GRACE are closed.
+    # Bounded whatever clients do: answers get healthcheck_timeout plus stop_grace (of the running
+    # configuration); connections still sending a request after stop_grace are closed.
     log.info("stopping: no new connections, waiting for %d answer(s) in flight", server.answering())
-    deadline = loop.time() + state.config.healthcheck_timeout + STOP_GRACE
+    grace = state.config.stop_grace
+    deadline = loop.time() + state.config.healthcheck_timeout + grace
     # Closes this process's descriptors only (never shutdown()): a socket systemd handed over stays
     # open there, and connections arriving meanwhile wait in its backlog for the next process.
     server.stop()
     agent.stop()
     # A connection accepted just before the stop may not have sent its request yet: closing it at
-    # once would answer nothing (HAProxy: a failed check). It gets STOP_IDLE_GRACE to send it;
+    # once would answer nothing (HAProxy: a failed check). It gets stop_grace to send it;
     # each connection closes once answered.
     server.finish_connections()
-    idle_deadline = min(deadline, loop.time() + STOP_IDLE_GRACE)
+    idle_deadline = min(deadline, loop.time() + grace)
     while server.unanswered() > 0 and loop.time() < idle_deadline:
         await asyncio.sleep(0.05)
     server.close_unanswered()

@@ -10,6 +10,7 @@ import pytest
 import tornado.netutil
 
 from hacheck.agent import AgentServer, BadAgentRequest, parse_request
+from hacheck.config import Config
 from hacheck.spool import Spool
 from tests.conftest import start_hacheck, tool_argv, tool_env, unused_port
 
@@ -19,7 +20,8 @@ READ_TIMEOUT = 0.3
 @contextlib.asynccontextmanager
 async def agent_server(spool, read_timeout=READ_TIMEOUT):
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server = AgentServer(spool, read_timeout=read_timeout)
+    config = Config(agent_request_timeout=read_timeout)
+    server = AgentServer(spool, lambda: config)
     await server.start(sockets)
     try:
         yield sockets[0].getsockname()[1]
@@ -163,8 +165,8 @@ async def test_silent_client_is_answered_and_let_go_after_the_read_timeout(spool
     (b"\xff\xfe\x00\n", b"#hacheck: invalid request: not ASCII\n"),
     (b"GET / HTTP/1.0\r\n\r\n", b"#hacheck: invalid request 'GET / HTTP/1.0': expected SERVICE, SERVICE/PORT "
                                 b"or SERVICE:PORT\n"),
-    (b"w" * 5000, b"#hacheck: request longer than 1024 bytes\n"),
-    (b"w" * 5000 + b"\n", b"#hacheck: request longer than 1024 bytes\n"),
+    (b"w" * 5000, b"#hacheck: request longer than 1024 bytes (max_agent_request_bytes)\n"),
+    (b"w" * 5000 + b"\n", b"#hacheck: request longer than 1024 bytes (max_agent_request_bytes)\n"),
 ])
 @pytest.mark.gen_test
 async def test_bad_requests_get_a_description_only_and_the_server_goes_on(spool, request_line, message):

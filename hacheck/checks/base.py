@@ -25,11 +25,18 @@ from hacheck.config import Config
 
 log = logging.getLogger(__name__)
 
-# What the HTTP client may buffer from one upstream (Tornado's default is 100 MB).
-# Tornado 6.2 reads a body without a length (read until close) into this buffer
-# before any streaming callback sees it, so an endless answer would cost this much
-# memory and time; the http check reads at most 64 KiB of body anyway.
-HTTP_MAX_BUFFER_BYTES = 256 * 1024
+# What the HTTP client may buffer from one upstream (Tornado's default is 100 MB): four times
+# max_upstream_body_bytes, at least this much. Tornado 6.2 reads a body without a length (read
+# until close) into this buffer before any streaming callback sees it, so an endless answer
+# costs this much memory and time; and it bounds a body by its Content-Length (max_body_size)
+# before the http check's own bound could say so, so it must stay above that bound, with room
+# for the headers and a socket read (64 KiB).
+HTTP_MIN_BUFFER_BYTES = 256 * 1024
+
+
+def http_buffer_bytes(config: Config) -> int:
+    """What the HTTP client may buffer from one upstream under ``config``."""
+    return max(HTTP_MIN_BUFFER_BYTES, 4 * config.max_upstream_body_bytes)
 
 
 # The code Tornado's HTTP client gives a request that got no answer (refused, timed out, cut off).
@@ -262,7 +269,7 @@ class SharedResources:
         if self._http_client is None:
             self._http_client = AsyncHTTPClient(
                 force_instance=True, max_clients=self.config.max_clients,
-                max_buffer_size=HTTP_MAX_BUFFER_BYTES, resolver=self._resolver,
+                max_buffer_size=http_buffer_bytes(self.config), resolver=self._resolver,
             )
         return self._http_client
 
@@ -312,8 +319,12 @@ class SharedResources:
         return await asyncio.wait_for(bounded(), max(0.0, deadline - loop.time()))
 
     def apply_config(self, config: Config) -> None:
-        """Take over a reloaded configuration: ``max_clients`` bounds the next outbound checks."""
+        """Take over a reloaded configuration: ``max_clients`` and the buffer bound the next outbound checks."""
         running, self.config = self.config, config
+        if self._http_client is not None and http_buffer_bytes(config) != http_buffer_bytes(running):
+            # Tornado hands it to each new request's connection (whose body bound defaults to it);
+            # requests in flight keep theirs.
+            self._http_client.max_buffer_size = http_buffer_bytes(config)
         if config.max_clients == running.max_clients:
             return
         if self._http_client is not None:

@@ -21,10 +21,6 @@ from hacheck.config import Config
 
 USER_AGENT = f"hastate {__version__}"
 
-# Health pages are small. Reading stops past this size, so an endless body
-# costs at most this much memory and answers at once instead of at the timeout.
-MAX_BODY_BYTES = 64 * 1024
-
 # Left as they are in the path: what a URL path may hold, and '%' so that a
 # query which is already escaped is not escaped twice.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
@@ -40,7 +36,9 @@ check.no_answer_code = NO_ANSWER
 async def fetch(scheme: str, target: Target, query: str, context: CheckContext) -> CheckResult:
     """GET ``<scheme>://<host>:<port>/<query>?<query string>``; the upstream's code and body are the result."""
     url = upstream_url(scheme, target, query, context.query_string)
-    body = _BoundedBody(MAX_BODY_BYTES)
+    # Reading stops past max_upstream_body_bytes, so an endless body costs at most that much
+    # memory and answers at once instead of at the timeout.
+    body = _BoundedBody(context.config.max_upstream_body_bytes)
     request = HTTPRequest(
         url,
         headers=outbound_headers(context),
@@ -94,12 +92,17 @@ def outbound_headers(context: CheckContext) -> HTTPHeaders:
 
 def _failure_message(err: Exception, url: str, target: Target, body: "_BoundedBody", context: CheckContext) -> str:
     if body.too_large:
-        return f"Answer from {url} is larger than {MAX_BODY_BYTES // 1024} KiB; stopped reading it"
+        return f"Answer from {url} is larger than {_size(body.limit)}; stopped reading it"
     if isinstance(err, HTTPTimeoutError):
         return f"Request to {url} timed out after {context.timeout:.2f}s"
     if isinstance(err, HTTPStreamClosedError):
         return f"Connection closed by {target.host}:{target.port} before a complete answer to {url}"
     return f"Request to {url} failed: {err}"
+
+
+def _size(size: int) -> str:
+    """``64 KiB`` for a whole number of KiB, else ``100 bytes``."""
+    return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} bytes"
 
 
 class _BodyTooLarge(HTTPInputError):

@@ -227,7 +227,7 @@ async def test_endless_body_is_cut_off_at_once():
 async def test_body_just_under_the_limit_passes(tmp_path):
     async def big(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
-        body = b"a" * http.MAX_BODY_BYTES
+        body = b"a" * Config().max_upstream_body_bytes
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
         await writer.drain()
         writer.close()
@@ -236,7 +236,7 @@ async def test_body_just_under_the_limit_passes(tmp_path):
         with checking() as context:
             result = await http.check(local(port), "big", context)
     assert result.code == 200
-    assert len(result.message) == http.MAX_BODY_BYTES
+    assert len(result.message) == Config().max_upstream_body_bytes
 
 
 @pytest.mark.gen_test(timeout=20)
