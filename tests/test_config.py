@@ -28,6 +28,11 @@ DEFAULTS = {
     "max_checks_per_target": 4,
     "max_checks_per_client": 8,
     "log_repeat_interval": 10.0,
+    "agent_request_timeout": 1.0,
+    "agent_write_timeout": 5.0,
+    "max_agent_request_bytes": 1024,
+    "stop_grace": 1.0,
+    "max_upstream_body_bytes": 65536,
 }
 
 GOOD_VALUES = [
@@ -56,6 +61,11 @@ GOOD_VALUES = [
     ("max_checks_per_target", "1", 1),
     ("max_checks_per_client", "2", 2),
     ("log_repeat_interval", "0", 0.0),
+    ("agent_request_timeout", "0.2", 0.2),
+    ("agent_write_timeout", "2", 2.0),
+    ("max_agent_request_bytes", "256", 256),
+    ("stop_grace", "0", 0.0),
+    ("max_upstream_body_bytes", "1048576", 1048576),
 ]
 
 BAD_VALUES = [
@@ -81,6 +91,11 @@ BAD_VALUES = [
     ("request_body_timeout", "0"),
     ("max_request_header_bytes", "16k"),
     ("max_request_line_bytes", "0"),
+    ("agent_request_timeout", "0"),
+    ("agent_write_timeout", "soon"),
+    ("max_agent_request_bytes", "1k"),
+    ("stop_grace", "-1"),
+    ("max_upstream_body_bytes", "0"),
 ]
 
 
