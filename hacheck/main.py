@@ -27,6 +27,8 @@ from hacheck.spool import DEFAULT_SPOOL_ROOT, Spool, SpoolError
 log = logging.getLogger("hacheck")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# What the -n supervisor handles: stops, and SIGHUP for a reload.
+_SUPERVISOR_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
 # A worker that dies this soon after starting is restarted only after a pause,
 # so a worker that cannot start does not turn into a fork loop.
 RESTART_PAUSE = 1.0
@@ -301,6 +303,10 @@ def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
     def spawn() -> int:
         ready_read, ready_write = os.pipe()
         reloads_at_fork = reloads
+        # A stop or reload signal that came between the fork and the child's own handlers would run
+        # the supervisor's handler in the child and be lost (a worker nobody stops), or come to the
+        # supervisor before it knows the new pid: held back on both sides until each is ready for it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
         pid = os.fork()
         if pid == 0:
             os.close(ready_read)
@@ -309,6 +315,7 @@ def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
                 signal.signal(signum, signal.SIG_DFL)
             # Until the worker's own handler is in place, a reload must neither stop it nor run the supervisor's.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
             code = 1
             try:
                 code = run_worker(args, running_config, own_ips, handed, True,
@@ -319,6 +326,7 @@ def supervise(args, config, own_ips, handed: systemd.HandedSockets) -> int:
         os.close(ready_write)
         workers[pid] = time.monotonic()
         starting.add(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SUPERVISOR_SIGNALS)
         with os.fdopen(ready_read, "rb") as ready_pipe:
             became_ready = ready_pipe.read(1) == b"1"
         starting.discard(pid)

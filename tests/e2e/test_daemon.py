@@ -11,7 +11,7 @@ import time
 import pytest
 
 from hacheck.spool import Spool
-from tests.conftest import http_request, tool_argv, tool_env
+from tests.conftest import http_request, port_open, tool_argv, tool_env
 from tests.e2e.support import operator_tool, threaded_upstream
 
 
@@ -152,6 +152,27 @@ def test_two_workers_share_the_port_and_are_restarted(hacheck_daemon):
     assert worker_pids(daemon) == replaced
     assert daemon.stop() == 0
     assert not any(alive(pid) for pid in replaced)
+
+
+def test_a_stop_while_workers_are_still_being_started_stops_them_all(hacheck_daemon):
+    """SIGTERM at any moment of the -n start-up, even between a fork and the worker's own handlers,
+    stops every worker: none is left running with the supervisor waiting for it."""
+    hung = []
+    for attempt in range(30):
+        daemon = hacheck_daemon(args=["-n", "3"], wait=False)
+        deadline = time.monotonic() + 20
+        while not port_open(daemon.port, timeout=0.05) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep((attempt % 15) * 0.005)  # somewhere during the second and third worker's start
+        daemon.process.send_signal(signal.SIGTERM)
+        try:
+            daemon.process.wait(10)
+        except subprocess.TimeoutExpired:
+            hung.append(attempt)
+            subprocess.run(["pkill", "-KILL", "-P", str(daemon.pid)], check=False)
+            daemon.process.kill()
+            daemon.process.wait()
+    assert hung == [], f"the supervisor did not stop after SIGTERM in attempts {hung}"
 
 
 def test_workers_see_the_same_spool(hacheck_daemon):
