@@ -15,9 +15,9 @@ from typing import Callable, List, Optional, Tuple
 
 from hacheck.activity import Activity
 from hacheck.config import Config
+from hacheck.http_server import add_pausing_accept_handler
 from hacheck.metrics import Metrics
 from hacheck.names import PORT_PATTERN, SERVICE_PATTERN, InvalidName, check_service_name, parse_port
-from hacheck.server import add_pausing_accept_handler
 from hacheck.spool import ALL, Spool, SpoolError, shown_reason
 from hacheck.throttled_log import ThrottledLog
 

@@ -1,150 +1,231 @@
-"""The HTTP server: an accept loop that pauses instead of spinning when file descriptors run out,
-and connections kept to their bounds (``hacheck.connections``).
+"""One serving process: its listening sockets (bound, or handed over by systemd), the application,
+reload on SIGHUP, and a stop bounded whatever clients do.
 
-Tornado's own accept loop lets ``EMFILE`` escape: the listening socket stays
-readable, so the event loop calls it again at once and logs a traceback each
-time (thousands a second) until a descriptor frees up. This one stops
-listening for a short pause, logs one warning per interval (``ThrottledLog``),
-and resumes; the connections wait in the kernel's accept queue meanwhile.
-The agent port uses the same loop.
+Without ``-n`` this is the daemon itself; with ``-n`` every worker the supervisor
+(``hacheck.supervisor``) forks runs it.
 """
 
-import errno
+import argparse
+import asyncio
+import gc
 import logging
-import socket
-from typing import Any, Callable, Iterable, List, Tuple
+import os
+import signal
+import sys
+from typing import Callable, List, Optional, Tuple
 
-import tornado.http1connection
-import tornado.httpserver
-from tornado.ioloop import IOLoop
+import tornado.ioloop
+import tornado.netutil
 
-from hacheck.connections import BoundedRequest, BoundedStream, ConnectionGuard, ConnectionLimits
-from hacheck.throttled_log import ThrottledLog
+import hacheck.http_server
+import hacheck.reload
+from hacheck import __version__, metrics, systemd
+from hacheck.agent import AgentServer
+from hacheck.app import make_app
+from hacheck.config import Config
+from hacheck.connections import ConnectionLimits, throttle_tornado_connection_lines
+from hacheck.spool import Spool
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hacheck")
 
-# Connections accepted per wake-up, as Tornado does, so accepting cannot starve requests.
-ACCEPT_BATCH = 128
-# How long to stop accepting when the process (or the system) has no descriptor left.
-EXHAUSTED_PAUSE = 0.1
-_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Connections the kernel queues before accept (capped by net.core.somaxconn).
+# Tornado's default of 128 overflows when many checks arrive at once, and an
+# overflowed connection waits seconds for a SYN-ACK retransmission.
+LISTEN_BACKLOG = 4096
+DEFAULT_BIND_ADDRESS = "0.0.0.0"
 
 
-def add_pausing_accept_handler(sock: socket.socket, callback: Callable[[socket.socket, Any], None],
-                               warnings: ThrottledLog, pause: float = EXHAUSTED_PAUSE) -> Callable[[], None]:
-    """Like ``tornado.netutil.add_accept_handler``; returns the function that stops accepting."""
-    io_loop = IOLoop.current()
-    state = {"removed": False, "resume": None}
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line for stderr."""
 
-    def resume() -> None:
-        state["resume"] = None
-        if not state["removed"]:
-            io_loop.add_handler(sock, accept, IOLoop.READ)
 
-    def accept(fd: Any, events: int) -> None:
-        for _ in range(ACCEPT_BATCH):
-            if state["removed"]:
-                return
+def bind(args: argparse.Namespace, reuse_port: bool) -> list:
+    """The HTTP ports' listening sockets, on every ``-B`` address."""
+    return _bind_all(args.ports, args.bind_addresses, reuse_port, "", backlog=LISTEN_BACKLOG)
+
+
+def bind_agent(args: argparse.Namespace, reuse_port: bool) -> list:
+    """The agent ports' listening sockets (same addresses as HTTP)."""
+    return _bind_all(args.agent_ports, args.bind_addresses, reuse_port, " (agent)", backlog=LISTEN_BACKLOG)
+
+
+def _bind_all(ports: List[int], addresses: List[str], reuse_port: bool, what: str, **options) -> list:
+    """Every port on every address; a StartupError naming the first that fails (nothing stays bound)."""
+    sockets = []
+    for address in addresses:
+        for port in ports:
             try:
-                connection, address = sock.accept()
-            except BlockingIOError:
-                return
-            except ConnectionAbortedError:
-                continue
+                sockets += tornado.netutil.bind_sockets(port, address, reuse_port=reuse_port, **options)
             except OSError as err:
-                if err.errno not in _EXHAUSTED:
-                    raise
-                # One kind for every port: out of descriptors is one problem, however many ports see it.
-                warnings.warning(("accept", err.errno), "cannot accept connections: %s; paused accepting for "
-                                 "%.1fs (raise rlimit_nofile?)", err.strerror, pause)
-                io_loop.remove_handler(sock)
-                state["resume"] = io_loop.call_later(pause, resume)
-                return
-            callback(connection, address)
-
-    def remove() -> None:
-        if state["removed"]:
-            return
-        state["removed"] = True
-        if state["resume"] is not None:
-            io_loop.remove_timeout(state["resume"])
-            state["resume"] = None
-        else:
-            io_loop.remove_handler(sock)
-
-    io_loop.add_handler(sock, accept, IOLoop.READ)
-    return remove
+                for sock in sockets:
+                    sock.close()
+                raise StartupError(f"cannot listen on {_host_port(address, port)}{what}: {err.strerror}") from None
+    return sockets
 
 
-def _tornado_parameters(params: tornado.http1connection.HTTP1ConnectionParameters,
-                        limits: ConnectionLimits) -> tornado.http1connection.HTTP1ConnectionParameters:
-    """Tornado's own connection settings with its bounds from ``limits`` (a backstop: the
-    connections keep to them first, answering where Tornado would close without a word)."""
-    return tornado.http1connection.HTTP1ConnectionParameters(
-        no_keep_alive=params.no_keep_alive, chunk_size=params.chunk_size, decompress=params.decompress,
-        max_header_size=limits.max_header_bytes, header_timeout=limits.idle_timeout + limits.header_timeout,
-        max_body_size=limits.max_body_bytes, body_timeout=limits.body_timeout)
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-class HTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTP server with ``add_pausing_accept_handler`` as its accept loop and bounded connections.
+def acquire_sockets(args: argparse.Namespace, handed: systemd.HandedSockets,
+                    reuse_port: bool) -> Tuple[list, list]:
+    """The HTTP and agent listening sockets: those systemd handed over, else bound as the flags say."""
+    sockets = list(handed.http) or bind(args, reuse_port)
+    try:
+        agent_sockets = list(handed.agent) or bind_agent(args, reuse_port)
+    except StartupError:
+        if not handed.http:
+            for sock in sockets:
+                sock.close()
+        raise
+    return sockets, agent_sockets
 
-    Built as ``HTTPServer(app, limits=ConnectionLimits(...), warnings=ThrottledLog(...), ...)``.
-    """
 
-    def initialize(self, request_callback, limits: ConnectionLimits, warnings: ThrottledLog, **kwargs) -> None:
-        super().initialize(request_callback, **kwargs)
-        self.conn_params = _tornado_parameters(self.conn_params, limits)
-        self.guard = ConnectionGuard(limits, warnings)
-        self.listeners: List[Tuple[socket.socket, Callable[[], None]]] = []
+def _where(args: argparse.Namespace, ports: List[int], handed: list) -> str:
+    """Where a kind of socket listens, for the start-up log line."""
+    if handed:
+        return ", ".join(map(systemd.describe, handed)) + " (sockets from systemd)"
+    return f"{','.join(args.bind_addresses)} port {','.join(map(str, ports))}"
 
-    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
-        for sock in sockets:
-            self.listeners.append((sock, add_pausing_accept_handler(sock, self._accepted, self.guard.warnings)))
 
-    def _accepted(self, connection: socket.socket, address: Any) -> None:
-        try:
-            peer = address[0] if isinstance(address, tuple) else str(address)
-            stream = BoundedStream(connection, peer, self.guard, max_buffer_size=self.max_buffer_size,
-                                   read_chunk_size=self.read_chunk_size)
-            self.handle_stream(stream, address)
-        except Exception:  # one connection must not take the accept loop down
-            log.exception("cannot serve a connection from %s", address)
-            connection.close()
+def log_handed_sockets(args: argparse.Namespace, handed: systemd.HandedSockets) -> None:
+    """Say once which handed sockets replace which flags."""
+    if handed.http and args.ports_given:
+        log.info("serving the HTTP socket(s) systemd handed over (%s); -p %s not bound",
+                 ", ".join(map(systemd.describe, handed.http)), ",".join(map(str, args.ports)))
+    if handed.agent and args.agent_ports:
+        log.info("serving the agent socket(s) systemd handed over (%s); -A %s not bound",
+                 ", ".join(map(systemd.describe, handed.agent)), ",".join(map(str, args.agent_ports)))
 
-    def start_request(self, server_conn, request_conn):
-        return BoundedRequest(super().start_request(server_conn, request_conn), request_conn, self.guard)
 
-    def stop(self) -> None:
-        """Stop accepting (the listening sockets close); connections go on until closed."""
-        for sock, stop_accepting in self.listeners:
-            stop_accepting()
-            sock.close()
-        self.listeners = []
-        super().stop()
+class SystemdNotifier:
+    """How a lone process (no -n) reports readiness and reloads: to systemd itself."""
 
-    def answering(self) -> int:
-        """Requests read and not yet answered."""
-        return self.guard.answering()
+    def ready(self, status: str) -> None:
+        systemd.notify_ready(status)
 
-    def unanswered(self) -> int:
-        """Connections open with no request being answered: idle, or still sending one."""
-        return len(self.guard.streams) - self.guard.answering()
+    def reloading(self) -> None:
+        systemd.notify_reloading("reloading the configuration")
 
-    def finish_connections(self) -> None:
-        """From now on each connection closes once answered (no further request on it is read)."""
-        self.guard.stopping = True
+    def reloaded(self, ok: bool, line: str) -> None:
+        systemd.notify_ready(line)
 
-    def close_unanswered(self) -> None:
-        """Close every connection not being answered now; those being answered close once answered."""
-        self.guard.close_unanswered()
 
-    def close_all(self) -> None:
-        self.guard.close_all()
+class WorkerNotifier:
+    """How a worker reports to its supervisor (which reports to systemd): one byte down a pipe."""
 
-    def apply_config(self, config) -> None:
-        """Server-level settings from a reloaded configuration (the listening sockets stay as they are):
-        the connection limits, for connections accepted from now on and for the next request of the others."""
-        limits = ConnectionLimits.from_config(config)
-        self.guard.limits = limits
-        self.conn_params = _tornado_parameters(self.conn_params, limits)
+    def __init__(self, ready_fd: int, reload_ack_fd: int):
+        self.ready_fd = ready_fd
+        self.reload_ack_fd = reload_ack_fd
+
+    def ready(self, status: str) -> None:
+        os.write(self.ready_fd, b"1")
+        os.close(self.ready_fd)
+
+    def reloading(self) -> None:
+        pass
+
+    def reloaded(self, ok: bool, line: str) -> None:
+        os.write(self.reload_ack_fd, b"1" if ok else b"0")
+
+
+def reload_config(config_file: Optional[str], running: Config, apply: Callable[[Config], str], notifier) -> None:
+    """SIGHUP: read the configuration file again and ``apply`` a valid one (it returns a note for the log line)."""
+    notifier.reloading()
+    loaded, line = hacheck.reload.reload(running, config_file)
+    if loaded is None:
+        log.error("%s", line)
+    else:
+        line += apply(loaded.config)
+        log.info("%s", line)
+    notifier.reloaded(loaded is not None, line)
+
+
+async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, handed: systemd.HandedSockets,
+                reuse_port: bool, notifier, supervisor_pid: Optional[int] = None) -> None:
+    """Listen, serve until a stop signal, then let requests in flight finish (bounded) and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Handlers first: a stop signal that arrives once the port answers must stop cleanly.
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    sockets, agent_sockets = acquire_sockets(args, handed, reuse_port)
+    app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
+                   with_mutornadomon=True, spool_on_http=args.spool_on_http)
+    state = app.settings["hacheck_state"]
+    throttle_tornado_connection_lines(state.warnings)
+    server = hacheck.http_server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=state.warnings,
+                                       xheaders=False)
+    server.add_sockets(sockets)
+    agent = AgentServer(state.spool, lambda: state.config, activity=state.activity, metrics=state.metrics,
+                        warnings=state.warnings)
+
+    def apply_config(new_config: Config) -> str:
+        state.apply_config(new_config)
+        server.apply_config(new_config)
+        return ""
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(args.config_file, state.config, apply_config,
+                                                                 notifier))
+    await agent.start(agent_sockets)
+    if agent_sockets:
+        log.info("agent-check answers on %s%s", _where(args, args.agent_ports, handed.agent),
+                 "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
+    elif not args.spool_on_http:
+        log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
+    listening = _where(args, args.ports, handed.http)
+    log.info("hacheck %s listening on %s (pid %d)", __version__, listening, os.getpid())
+    # Garbage collection's full passes stop the event loop for as long as they take: with a
+    # thousand checks in flight that was 50-100 ms, several times a second, and every request
+    # waited. Everything made so far (modules, the application) lives as long as the process
+    # and is left out of them; and a full pass comes after 100 younger ones instead of 10
+    # (young passes stay as frequent, so short-lived cycles go as soon as before).
+    gc.freeze()
+    gc.set_threshold(700, 10, 100)
+    notifier.ready(f"listening on {listening}")
+    if supervisor_pid is not None:
+        # A worker whose supervisor was killed outright stops too instead of lingering on the port.
+        def stop_when_orphaned() -> None:
+            if os.getppid() != supervisor_pid:
+                log.warning("supervisor %d is gone; stopping", supervisor_pid)
+                metrics.remove_orphaned_multiprocess_dir()
+                stop.set()
+        orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
+        orphan_watch.start()
+    await stop.wait()
+    # Bounded whatever clients do: answers get healthcheck_timeout plus stop_grace (of the running
+    # configuration); connections still sending a request after stop_grace are closed.
+    log.info("stopping: no new connections, waiting for %d answer(s) in flight", server.answering())
+    grace = state.config.stop_grace
+    deadline = loop.time() + state.config.healthcheck_timeout + grace
+    # Closes this process's descriptors only (never shutdown()): a socket systemd handed over stays
+    # open there, and connections arriving meanwhile wait in its backlog for the next process.
+    server.stop()
+    agent.stop()
+    # A connection accepted just before the stop may not have sent its request yet: closing it at
+    # once would answer nothing (HAProxy: a failed check). It gets stop_grace to send it;
+    # each connection closes once answered.
+    server.finish_connections()
+    idle_deadline = min(deadline, loop.time() + grace)
+    while server.unanswered() > 0 and loop.time() < idle_deadline:
+        await asyncio.sleep(0.05)
+    server.close_unanswered()
+    while server.answering() > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    server.close_all()
+    await agent.wait_closed(max(0.1, deadline - loop.time()))
+    state.close()
+    log.info("stopped")
+
+
+def run_worker(args, config, own_ips, handed: systemd.HandedSockets, reuse_port: bool, notifier,
+               supervisor_pid: Optional[int] = None) -> int:
+    try:
+        asyncio.run(serve(args, config, own_ips, handed, reuse_port, notifier, supervisor_pid))
+    except StartupError as err:
+        log.error("%s", err)
+        if config.log_path not in ("stdout", "stderr"):
+            # The log is a file: say it also where the person starting the daemon looks.
+            sys.stderr.write(f"hacheck: {err}\n")
+        return 1
+    return 0
