@@ -49,6 +49,9 @@ def _load_malloc_trim():
 
 
 _malloc_trim = _load_malloc_trim()
+# CPython's own (documented, underscored) call; Python 3.13 deprecates it for _clear_internal_caches.
+# Another interpreter may have neither: compacting then only skips this step.
+_clear_type_cache = getattr(sys, "_clear_internal_caches", None) or getattr(sys, "_clear_type_cache", None)
 
 
 class CacheObserver:
@@ -148,7 +151,8 @@ class CheckCache:
         self._entries = OrderedDict(self._entries)
         self._in_flight = dict(self._in_flight)
         self._peak = len(self._entries)
-        sys._clear_type_cache()
+        if _clear_type_cache is not None:
+            _clear_type_cache()
         gc.collect()
         if _malloc_trim is not None:
             _malloc_trim(0)
