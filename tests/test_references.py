@@ -333,7 +333,7 @@ PLANTED = [
     ("a link to a missing heading", "see [daemon](docs/daemon.md#no-such-heading)", True),
     ("a repository path", "measured by `tests/e2e/test_nothing_here.py`", False),
     ("a glob that matches nothing", "every `debian/*.nothing` file", False),
-    ("a Markdown file outside the repository", "as COMPAT.md section 2 says", False),
+    ("a Markdown file outside the repository", "as OUTSIDE.md section 2 says", False),
     ("an installed document the package lacks", "file:///usr/share/doc/hacheck/debian.md", False),
     ("an installed path the package lacks", "see /usr/share/doc/hacheck/docs/nothing.md", False),
     ("a manual page that does not exist", "Documentation=man:hacheck-nothing(8)", False),
