@@ -47,18 +47,23 @@ class DaemonState:
     in_flight_checks: InFlightChecks = field(init=False)
     # Warnings that may repeat with every request, logged at most once per log_repeat_interval.
     warnings: Optional[ThrottledLog] = None
+    # Which configuration this is: 1 at start, one more for each reload that applied a file
+    # (with -n the supervisor numbers them, so every worker can be seen to agree).
+    config_generation: int = 1
 
     def __post_init__(self) -> None:
         if self.warnings is None:
             self.warnings = ThrottledLog(log, self.config.log_repeat_interval)
         self.in_flight_checks = InFlightChecks(lambda: self.config)
-        self.apply_config(self.config)
+        self.apply_config(self.config, self.config_generation)
 
-    def apply_config(self, config: Config) -> None:
+    def apply_config(self, config: Config, generation: Optional[int] = None) -> None:
         """Use ``config`` from now on (at start and on reload): the one place where objects that
         keep a copy of a key are told. Handlers read ``self.config`` per request. The cached
-        answers stay unless a key they depend on changed.
+        answers stay unless a key they depend on changed. ``generation`` (None: the next one)
+        numbers it.
         """
+        self.set_config_generation(self.config_generation + 1 if generation is None else generation)
         running, self.config = self.config, config
         if any(key in CACHE_SHAPING_KEYS for key in running.changed_keys(config)):
             self.cache.clear()
@@ -66,6 +71,11 @@ class DaemonState:
         self.cache.reconfigure(config.cache_time, config.cache_max_entries)
         self.activity.max_pairs = config.access_counts_max_pairs
         self.warnings.interval = config.log_repeat_interval
+
+    def set_config_generation(self, generation: int) -> None:
+        self.config_generation = generation
+        if self.metrics is not None:
+            self.metrics.set_config_generation(generation)
 
     def close(self) -> None:
         if self.tornado_stats is not None:

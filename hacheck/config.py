@@ -72,6 +72,10 @@ class Config:
     stop_grace: float = 1.0
     # Health pages are small: an http check stops reading an upstream's body past this size.
     max_upstream_body_bytes: int = 64 * 1024
+    # With -n: workers that may exit unexpectedly within restart_limit_interval seconds before the
+    # supervisor gives up, stops the rest and exits 1 (systemd's StartLimitBurst/StartLimitIntervalSec).
+    restart_limit_burst: int = 5
+    restart_limit_interval: float = 10.0
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
@@ -288,4 +292,6 @@ _VALIDATORS: Dict[str, Callable[[Any], Any]] = {
     "max_agent_request_bytes": _positive_int,
     "stop_grace": _number(0, allow_equal=True),
     "max_upstream_body_bytes": _positive_int,
+    "restart_limit_burst": _positive_int,
+    "restart_limit_interval": _number(0, allow_equal=False),
 }

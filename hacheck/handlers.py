@@ -482,6 +482,7 @@ class StatusHandler(BaseHandler):
             "requests_in_flight": state.requests_in_flight,
             "version": state.version,
             "pid": os.getpid(),
+            "config_generation": state.config_generation,
         })
 
 

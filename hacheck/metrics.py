@@ -212,6 +212,10 @@ class Metrics:
             entries=Gauge("hacheck_cache_entries", "Results in the cache now (all workers added up).",
                           multiprocess_mode="livesum", registry=own),
         )
+        # Every live worker's own value (a pid label with -n): they agree once a reload reached them all.
+        self._config_generation = Gauge(
+            "hacheck_config_generation", "Which configuration this process serves with: 1 at start, "
+            "one more per reload that applied a file.", multiprocess_mode="liveall", registry=own)
         # Labelled children are made once and kept: the request path only looks them up.
         self._outbound = {protocol: outbound.labels(protocol) for protocol in check_protocols}
         self._request_children: Dict[tuple, object] = {}
@@ -222,6 +226,9 @@ class Metrics:
         if not per_service:
             for protocol in check_protocols:
                 self._duration_children[(protocol,)] = self._durations.labels(protocol)
+
+    def set_config_generation(self, generation: int) -> None:
+        self._config_generation.set(generation)
 
     def observe(self, cache: CheckCache) -> None:
         """Report ``cache``: told each event with ``-n`` (a scrape may come to any worker), else read at

@@ -10,7 +10,9 @@ import asyncio
 import gc
 import logging
 import os
+import pickle
 import signal
+import socket
 import sys
 from typing import Callable, List, Optional, Tuple
 
@@ -22,7 +24,7 @@ import hacheck.reload
 from hacheck import __version__, metrics, systemd
 from hacheck.agent import AgentServer
 from hacheck.app import make_app
-from hacheck.config import Config
+from hacheck.config import Config, ConfigError
 from hacheck.connections import ConnectionLimits, throttle_tornado_connection_lines
 from hacheck.spool import Spool
 
@@ -34,6 +36,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # overflowed connection waits seconds for a SYN-ACK retransmission.
 LISTEN_BACKLOG = 4096
 DEFAULT_BIND_ADDRESS = "0.0.0.0"
+# The largest message between a worker and its supervisor (a pickled Config is a few KiB).
+MAX_CHANNEL_MESSAGE = 1 << 20
 
 
 class StartupError(Exception):
@@ -112,22 +116,69 @@ class SystemdNotifier:
         systemd.notify_ready(line)
 
 
-class WorkerNotifier:
-    """How a worker reports to its supervisor (which reports to systemd): one byte down a pipe."""
+class SupervisorLink:
+    """A worker's side of its channel to the supervisor (``hacheck.supervisor``), which reports to systemd.
 
-    def __init__(self, ready_fd: int, reload_ack_fd: int):
-        self.ready_fd = ready_fd
-        self.reload_ack_fd = reload_ack_fd
+    The worker says ``("ready", generation)`` once it listens and ``("reloaded", generation, ok)`` after each
+    configuration the supervisor sent it (``("config", generation, Config)``): the supervisor reads the file,
+    a worker never does.
+    """
+
+    def __init__(self, channel: socket.socket, supervisor_pid: int, generation: int):
+        self.channel = channel
+        self.supervisor_pid = supervisor_pid
+        self.generation = generation
 
     def ready(self, status: str) -> None:
-        os.write(self.ready_fd, b"1")
-        os.close(self.ready_fd)
+        self.send(("ready", self.generation))
 
-    def reloading(self) -> None:
-        pass
+    def send(self, message: tuple) -> None:
+        try:
+            self.channel.send(pickle.dumps(message))
+        except OSError as err:  # the supervisor is gone: the orphan watch stops this worker
+            log.warning("cannot answer the supervisor: %s", err)
 
-    def reloaded(self, ok: bool, line: str) -> None:
-        os.write(self.reload_ack_fd, b"1" if ok else b"0")
+    def receive_configs(self, loop: asyncio.AbstractEventLoop, apply: Callable[[Config, int], None]) -> None:
+        """Apply each configuration the supervisor sends; of several waiting, only the newest."""
+        self.channel.setblocking(False)
+
+        def on_readable() -> None:
+            newest = None
+            while True:
+                try:
+                    data = self.channel.recv(MAX_CHANNEL_MESSAGE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    data = b""
+                if not data:  # the supervisor is gone
+                    loop.remove_reader(self.channel.fileno())
+                    break
+                newest = pickle.loads(data)
+            if newest is not None:
+                _, generation, config = newest
+                self.reloaded(generation, apply_received_config(config, generation, apply))
+        loop.add_reader(self.channel.fileno(), on_readable)
+
+    def reloaded(self, generation: int, ok: bool) -> None:
+        if ok:
+            self.generation = generation
+        self.send(("reloaded", generation, ok))
+
+
+def apply_received_config(config: Config, generation: int, apply: Callable[[Config, int], None]) -> bool:
+    """A worker takes the configuration its supervisor read: its own open-files limit and log file, then
+    the application's objects. False (the running configuration kept) when this process cannot."""
+    try:
+        hacheck.reload.apply_rlimit(config)
+        handler = hacheck.reload.open_log_handler(config)
+    except ConfigError as err:
+        log.error("configuration generation %d not applied, running configuration kept: %s", generation, err)
+        return False
+    hacheck.reload.install_log_handler(handler)
+    apply(config, generation)
+    log.info("reloaded configuration generation %d from the supervisor", generation)
+    return True
 
 
 def reload_config(config_file: Optional[str], running: Config, apply: Callable[[Config], str], notifier) -> None:
@@ -143,7 +194,7 @@ def reload_config(config_file: Optional[str], running: Config, apply: Callable[[
 
 
 async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, handed: systemd.HandedSockets,
-                reuse_port: bool, notifier, supervisor_pid: Optional[int] = None) -> None:
+                reuse_port: bool, notifier, link: Optional[SupervisorLink] = None) -> None:
     """Listen, serve until a stop signal, then let requests in flight finish (bounded) and return."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -161,12 +212,16 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     agent = AgentServer(state.spool, lambda: state.config, activity=state.activity, metrics=state.metrics,
                         warnings=state.warnings)
 
-    def apply_config(new_config: Config) -> str:
-        state.apply_config(new_config)
+    def apply_config(new_config: Config, generation: Optional[int] = None) -> str:
+        state.apply_config(new_config, generation)
         server.apply_config(new_config)
         return ""
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(args.config_file, state.config, apply_config,
-                                                                 notifier))
+    if link is None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(args.config_file, state.config, apply_config,
+                                                                     notifier))
+    else:  # the supervisor reads the file and sends what it read
+        state.set_config_generation(link.generation)
+        link.receive_configs(loop, apply_config)
     await agent.start(agent_sockets)
     if agent_sockets:
         log.info("agent-check answers on %s%s", _where(args, args.agent_ports, handed.agent),
@@ -183,11 +238,11 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     gc.freeze()
     gc.set_threshold(700, 10, 100)
     notifier.ready(f"listening on {listening}")
-    if supervisor_pid is not None:
+    if link is not None:
         # A worker whose supervisor was killed outright stops too instead of lingering on the port.
         def stop_when_orphaned() -> None:
-            if os.getppid() != supervisor_pid:
-                log.warning("supervisor %d is gone; stopping", supervisor_pid)
+            if os.getppid() != link.supervisor_pid:
+                log.warning("supervisor %d is gone; stopping", link.supervisor_pid)
                 metrics.remove_orphaned_multiprocess_dir()
                 stop.set()
         orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
@@ -219,9 +274,9 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
 
 
 def run_worker(args, config, own_ips, handed: systemd.HandedSockets, reuse_port: bool, notifier,
-               supervisor_pid: Optional[int] = None) -> int:
+               link: Optional[SupervisorLink] = None) -> int:
     try:
-        asyncio.run(serve(args, config, own_ips, handed, reuse_port, notifier, supervisor_pid))
+        asyncio.run(serve(args, config, own_ips, handed, reuse_port, notifier, link))
     except StartupError as err:
         log.error("%s", err)
         if config.log_path not in ("stdout", "stderr"):

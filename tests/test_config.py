@@ -33,6 +33,8 @@ DEFAULTS = {
     "max_agent_request_bytes": 1024,
     "stop_grace": 1.0,
     "max_upstream_body_bytes": 65536,
+    "restart_limit_burst": 5,
+    "restart_limit_interval": 10.0,
 }
 
 GOOD_VALUES = [
@@ -66,6 +68,8 @@ GOOD_VALUES = [
     ("max_agent_request_bytes", "256", 256),
     ("stop_grace", "0", 0.0),
     ("max_upstream_body_bytes", "1048576", 1048576),
+    ("restart_limit_burst", "20", 20),
+    ("restart_limit_interval", "2.5", 2.5),
 ]
 
 BAD_VALUES = [
@@ -96,6 +100,8 @@ BAD_VALUES = [
     ("max_agent_request_bytes", "1k"),
     ("stop_grace", "-1"),
     ("max_upstream_body_bytes", "0"),
+    ("restart_limit_burst", "0"),
+    ("restart_limit_interval", "0"),
 ]
 
 
