@@ -1,0 +1,183 @@
+"""The ``-n`` supervisor through real processes: restarts and their limit, a worker's start-up error,
+overlapping reloads, and one read of the configuration file per reload."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import port_open, require_command, tool_argv, tool_env, unused_port
+
+WAIT = 30  # generous: other helpers load this 2-core machine
+
+
+def children(pid: int) -> set:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return {int(child) for child in listing.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def wait_until(condition, what: str, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def lines_with(daemon, text: str) -> list:
+    return [line for line in daemon.output().splitlines() if text in line]
+
+
+def status(port: int) -> dict:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+def serving_workers(daemon, count: int) -> set:
+    """The worker pids once ``count`` of them run and each has answered /status."""
+    def all_answer():
+        workers = children(daemon.pid)
+        if len(workers) != count:
+            return None
+        seen = {status(daemon.port)["pid"] for _ in range(10 * count)}
+        return workers if seen == workers else None
+    return wait_until(all_answer, f"{count} workers answering")
+
+
+def kill_workers_and_take_the_port(daemon, workers: set) -> socket.socket:
+    """With the supervisor held (SIGSTOP), kill every worker and listen on the port without SO_REUSEPORT:
+    no worker started afterwards can bind it. Returns the foreign listener; the supervisor runs again."""
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not port_open(daemon.port, timeout=0.2), "the workers' port to close")
+        foreign = socket.socket()
+        foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        foreign.bind(("0.0.0.0", daemon.port))
+        foreign.listen(8)
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    return foreign
+
+
+def test_workers_that_cannot_bind_make_the_supervisor_exit_non_zero_with_one_line(hacheck_daemon):
+    daemon = hacheck_daemon(args=["-n", "2"])
+    foreign = kill_workers_and_take_the_port(daemon, serving_workers(daemon, 2))
+    with foreign:
+        try:
+            code = daemon.process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the supervisor went on restarting workers:\n{daemon.output()}") from None
+    assert code == 1
+    reasons = lines_with(daemon, "restart_limit_burst")
+    assert len(reasons) == 1, daemon.output()
+    assert "worker exits within 10 s, more than restart_limit_burst (5); stopping" in reasons[0]
+    assert lines_with(daemon, "cannot listen on")  # each failed worker said why
+
+
+def test_a_workers_start_up_error_reaches_the_log(hacheck_daemon):
+    daemon = hacheck_daemon(args=["-n", "2"], config={"rlimit_nofile": 14}, wait=False)
+    assert daemon.process.wait(WAIT) == 1
+    output = daemon.output()
+    assert "Too many open files" in output, output
+    assert len(lines_with(daemon, "could not start (exit code 1); stopping")) == 1, output
+
+
+def test_a_stop_after_a_recovered_failure_exits_0(hacheck_daemon):
+    daemon = hacheck_daemon(args=["-n", "2"], config={"restart_limit_burst": 100})
+    foreign = kill_workers_and_take_the_port(daemon, serving_workers(daemon, 2))
+    with foreign:
+        wait_until(lambda: len(lines_with(daemon, "cannot listen on")) >= 3, "replacements that cannot bind")
+    serving_workers(daemon, 2)
+    assert daemon.stop() == 0, daemon.output()
+
+
+def reload_lines(daemon) -> list:
+    return [line for line in lines_with(daemon, f" {daemon.pid} ") if "reload" in line]
+
+
+def test_overlapping_reloads_run_one_after_another_and_every_worker_ends_on_the_last(hacheck_daemon, tmp_path):
+    config = tmp_path / "hacheck.yaml"
+    config.write_text(yaml.safe_dump({"cache_max_entries": 1000}))
+    daemon = hacheck_daemon(args=["-n", "2"], config=str(config))
+    workers = serving_workers(daemon, 2)
+    held = min(workers)
+    os.kill(held, signal.SIGSTOP)
+    try:
+        for number in range(1, 11):
+            config.write_text(yaml.safe_dump({"cache_max_entries": 1000 + number}))
+            os.kill(daemon.pid, signal.SIGHUP)
+            time.sleep(0.02)
+        time.sleep(1)
+    finally:
+        os.kill(held, signal.SIGCONT)
+
+    def agreed():
+        seen = {}
+        for _ in range(40):
+            answer = status(daemon.port)
+            seen[answer["pid"]] = (answer["config_generation"], answer["cache"]["max_entries"])
+            if set(seen) == workers:
+                break
+        values = set(seen.values())
+        return values if set(seen) == workers and len(values) == 1 and (1010 in {v[1] for v in values}) else None
+    ((generation, _),) = wait_until(agreed, "both workers on the last configuration")
+    assert children(daemon.pid) == workers
+    lines = reload_lines(daemon)
+    assert lines and all("reloaded" in line and "reload failed" not in line for line in lines), lines
+    for line in lines:
+        counts = re.search(r"; (all (\d+)|only (\d+) of (\d+)) workers reloaded", line)
+        assert counts, line
+        took, asked = (int(counts[2]), int(counts[2])) if counts[2] else (int(counts[3]), int(counts[4]))
+        assert took <= asked <= 2, line
+    assert lines[-1].endswith(f"all 2 workers reloaded (configuration generation {generation})"), lines
+    assert generation == 1 + len(lines)
+    assert daemon.stop() == 0
+
+
+def config_opens(trace: Path, config: Path) -> int:
+    return sum(1 for line in trace.read_text().splitlines() if "open" in line and f'"{config}"' in line)
+
+
+def test_one_read_of_the_configuration_file_per_reload(tmp_path):
+    strace = require_command("strace")
+    config, trace, output = tmp_path / "hacheck.yaml", tmp_path / "trace", tmp_path / "output"
+    config.write_text("cache_time: 1\n")
+    port = unused_port()
+    argv = [strace, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace), *tool_argv("hacheck"),
+            "-n", "4", "-c", str(config), "-p", str(port), "-B", "127.0.0.1", "--spool-root", str(tmp_path / "spool")]
+    with open(output, "wb") as out:
+        tracer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=tool_env())
+    try:
+        hacheck = wait_until(lambda: children(tracer.pid), "hacheck under strace")
+        (pid,) = hacheck
+        wait_until(lambda: len(children(pid)) == 4 and output.read_text().count("listening on") == 4,
+                   "4 workers listening")
+        for reload in range(1, 4):
+            config.write_text(f"cache_time: {reload + 1}\n")
+            os.kill(pid, signal.SIGHUP)
+            wait_until(lambda done=reload: output.read_text().count("all 4 workers reloaded") == done,
+                       f"reload {reload}")
+        assert config_opens(trace, config) == 1 + 3, output.read_text()
+        os.kill(pid, signal.SIGTERM)
+        assert tracer.wait(WAIT) == 0
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
