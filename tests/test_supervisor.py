@@ -163,7 +163,8 @@ def test_one_read_of_the_configuration_file_per_reload(tmp_path):
     argv = [strace, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace), *tool_argv("hacheck"),
             "-n", "4", "-c", str(config), "-p", str(port), "-B", "127.0.0.1", "--spool-root", str(tmp_path / "spool")]
     with open(output, "wb") as out:
-        tracer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=tool_env())
+        tracer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=tool_env(),
+                                  start_new_session=True)  # its own process group: nothing outlives a failure
     try:
         hacheck = wait_until(lambda: children(tracer.pid), "hacheck under strace")
         (pid,) = hacheck
@@ -179,5 +180,5 @@ def test_one_read_of_the_configuration_file_per_reload(tmp_path):
         assert tracer.wait(WAIT) == 0
     finally:
         if tracer.poll() is None:
-            tracer.kill()
+            os.killpg(tracer.pid, signal.SIGKILL)
             tracer.wait()
