@@ -143,8 +143,12 @@ class Reload:
         return not self.waiting or now >= self.deadline
 
     def summary(self) -> str:
-        note = f"; all {len(self.took)} workers reloaded" if len(self.took) == self.asked else \
-            f"; only {len(self.took)} of {self.asked} workers reloaded"
+        if not self.asked:
+            note = "; no worker running to reload"
+        elif len(self.took) == self.asked:
+            note = f"; all {len(self.took)} workers reloaded"
+        else:
+            note = f"; only {len(self.took)} of {self.asked} workers reloaded"
         if self.kept:
             note += f" (kept their configuration: {', '.join(map(str, sorted(self.kept)))})"
         if self.waiting:
@@ -349,13 +353,11 @@ class Arbiter:
             self.notifier.reloaded(False, line)
             return
         self.config, self.generation = loaded.config, self.generation + 1
-        asked = set()
-        for worker in self.workers.values():
-            if worker.ready and worker.send_config(self.generation, self.config):
-                asked.add(worker.pid)
-        starting = sum(1 for worker in self.workers.values() if not worker.ready)
-        self.reload = Reload(self.generation, line, len(asked), asked,
-                             time.monotonic() + WORKER_RELOAD_WAIT, starting)
+        ready = [worker for worker in self.workers.values() if worker.ready]
+        # A worker whose channel refused the configuration counts as asked and not reloaded.
+        sent = {worker.pid for worker in ready if worker.send_config(self.generation, self.config)}
+        starting = len(self.workers) - len(ready)
+        self.reload = Reload(self.generation, line, len(ready), sent, time.monotonic() + WORKER_RELOAD_WAIT, starting)
         self._reload()  # no worker to wait for: done now
 
 

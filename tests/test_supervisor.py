@@ -112,10 +112,30 @@ def reload_lines(daemon) -> list:
     return [line for line in lines_with(daemon, f" {daemon.pid} ") if "reload" in line]
 
 
+def notifications(sock: socket.socket) -> list:
+    """The messages waiting on the fake NOTIFY_SOCKET, as dicts."""
+    received = []
+    while True:
+        try:
+            message = sock.recv(4096)
+        except BlockingIOError:
+            return received
+        received.append(dict(line.split("=", 1) for line in message.decode().split("\n")))
+
+
 def test_overlapping_reloads_run_one_after_another_and_every_worker_ends_on_the_last(hacheck_daemon, tmp_path):
     config = tmp_path / "hacheck.yaml"
     config.write_text(yaml.safe_dump({"cache_max_entries": 1000}))
-    daemon = hacheck_daemon(args=["-n", "2"], config=str(config))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(tmp_path / "notify"))
+        notify_socket.setblocking(False)
+        daemon = hacheck_daemon(args=["-n", "2"], config=str(config), env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        held_reloads_agree(daemon, config, notify_socket)
+    assert daemon.stop() == 0
+
+
+def held_reloads_agree(daemon, config: Path, notify_socket: socket.socket) -> None:
+    """10 SIGHUPs 20 ms apart while one worker is held by SIGSTOP: every line and READY=1 tells the truth."""
     workers = serving_workers(daemon, 2)
     held = min(workers)
     os.kill(held, signal.SIGSTOP)
@@ -139,6 +159,8 @@ def test_overlapping_reloads_run_one_after_another_and_every_worker_ends_on_the_
         return values if set(seen) == workers and len(values) == 1 and (1010 in {v[1] for v in values}) else None
     ((generation, _),) = wait_until(agreed, "both workers on the last configuration")
     assert children(daemon.pid) == workers
+    wait_until(lambda: reload_lines(daemon) and f"generation {generation})" in reload_lines(daemon)[-1],
+               "the supervisor's line for the last reload")
     lines = reload_lines(daemon)
     assert lines and all("reloaded" in line and "reload failed" not in line for line in lines), lines
     for line in lines:
@@ -148,7 +170,17 @@ def test_overlapping_reloads_run_one_after_another_and_every_worker_ends_on_the_
         assert took <= asked <= 2, line
     assert lines[-1].endswith(f"all 2 workers reloaded (configuration generation {generation})"), lines
     assert generation == 1 + len(lines)
-    assert daemon.stop() == 0
+    # systemd hears each reload begin and end, in turn, with the log line as its status.
+    received = []
+
+    def all_told():
+        received.extend(notifications(notify_socket))
+        return sum(1 for message in received if message.get("STATUS", "").startswith("reloaded")) >= len(lines)
+    wait_until(all_told, "READY=1 after the last reload", timeout=1)
+    messages = [message for message in received if "RELOADING" in message or
+                message.get("STATUS", "").startswith("reloaded")]
+    assert [("RELOADING" in message) for message in messages] == [True, False] * len(lines), messages
+    assert [message["STATUS"] for message in messages[1::2]] == [line.split("hacheck: ", 1)[1] for line in lines]
 
 
 def config_opens(trace: Path, config: Path) -> int:
