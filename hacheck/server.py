@@ -211,17 +211,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     server.add_sockets(sockets)
     agent = AgentServer(state.spool, lambda: state.config, activity=state.activity, metrics=state.metrics,
                         warnings=state.warnings)
-
-    def apply_config(new_config: Config, generation: Optional[int] = None) -> str:
-        state.apply_config(new_config, generation)
-        server.apply_config(new_config)
-        return ""
-    if link is None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(args.config_file, state.config, apply_config,
-                                                                     notifier))
-    else:  # the supervisor reads the file and sends what it read
-        state.set_config_generation(link.generation)
-        link.receive_configs(loop, apply_config)
+    _take_reloads(args.config_file, loop, state, server, notifier, link)
     await agent.start(agent_sockets)
     if agent_sockets:
         log.info("agent-check answers on %s%s", _where(args, args.agent_ports, handed.agent),
@@ -239,14 +229,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     gc.set_threshold(700, 10, 100)
     notifier.ready(f"listening on {listening}")
     if link is not None:
-        # A worker whose supervisor was killed outright stops too instead of lingering on the port.
-        def stop_when_orphaned() -> None:
-            if os.getppid() != link.supervisor_pid:
-                log.warning("supervisor %d is gone; stopping", link.supervisor_pid)
-                metrics.remove_orphaned_multiprocess_dir()
-                stop.set()
-        orphan_watch = tornado.ioloop.PeriodicCallback(stop_when_orphaned, 1000)
-        orphan_watch.start()
+        _stop_when_orphaned(link, stop)
     await stop.wait()
     # Bounded whatever clients do: answers get healthcheck_timeout plus stop_grace (of the running
     # configuration); connections still sending a request after stop_grace are closed.
@@ -271,6 +254,31 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     await agent.wait_closed(max(0.1, deadline - loop.time()))
     state.close()
     log.info("stopped")
+
+
+def _take_reloads(config_file: Optional[str], loop: asyncio.AbstractEventLoop, state, server, notifier,
+                  link: Optional[SupervisorLink]) -> None:
+    """A lone process reads the file again on SIGHUP; a worker applies what its supervisor sends."""
+    def apply_config(new_config: Config, generation: Optional[int] = None) -> str:
+        state.apply_config(new_config, generation)
+        server.apply_config(new_config)
+        return ""
+    if link is None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(config_file, state.config, apply_config,
+                                                                     notifier))
+    else:
+        state.set_config_generation(link.generation)
+        link.receive_configs(loop, apply_config)
+
+
+def _stop_when_orphaned(link: SupervisorLink, stop: asyncio.Event) -> None:
+    """A worker whose supervisor was killed outright stops too instead of lingering on the port."""
+    def check() -> None:
+        if os.getppid() != link.supervisor_pid:
+            log.warning("supervisor %d is gone; stopping", link.supervisor_pid)
+            metrics.remove_orphaned_multiprocess_dir()
+            stop.set()
+    tornado.ioloop.PeriodicCallback(check, 1000).start()
 
 
 def run_worker(args, config, own_ips, handed: systemd.HandedSockets, reuse_port: bool, notifier,
