@@ -187,21 +187,36 @@ def config_opens(trace: Path, config: Path) -> int:
     return sum(1 for line in trace.read_text().splitlines() if "open" in line and f'"{config}"' in line)
 
 
-def test_one_read_of_the_configuration_file_per_reload(tmp_path):
+def start_traced(tmp_path: Path, config: Path, output: Path, trace: Path):
+    """``hacheck -n 4`` under strace (its own process group), 4 workers listening: (strace, hacheck pid).
+    Started again on another port when the one picked was taken meanwhile (another test's connection)."""
     strace = require_command("strace")
+    for _ in range(3):
+        argv = [strace, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace), *tool_argv("hacheck"),
+                "-n", "4", "-c", str(config), "-p", str(unused_port()), "-B", "127.0.0.1",
+                "--spool-root", str(tmp_path / "spool")]
+        with open(output, "wb") as out:
+            tracer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=tool_env(), start_new_session=True)
+        try:
+            (pid,) = wait_until(lambda started=tracer: children(started.pid), "hacheck under strace")
+            wait_until(lambda started=tracer: started.poll() is not None or
+                       output.read_text().count("listening on") == 4, "4 workers listening")
+        except BaseException:
+            os.killpg(tracer.pid, signal.SIGKILL)
+            tracer.wait()
+            raise
+        if tracer.poll() is None:
+            return tracer, pid
+        assert "Address already in use" in output.read_text(), output.read_text()
+    raise AssertionError("no free port in 3 attempts")
+
+
+def test_one_read_of_the_configuration_file_per_reload(tmp_path):
     config, trace, output = tmp_path / "hacheck.yaml", tmp_path / "trace", tmp_path / "output"
     config.write_text("cache_time: 1\n")
-    port = unused_port()
-    argv = [strace, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace), *tool_argv("hacheck"),
-            "-n", "4", "-c", str(config), "-p", str(port), "-B", "127.0.0.1", "--spool-root", str(tmp_path / "spool")]
-    with open(output, "wb") as out:
-        tracer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=tool_env(),
-                                  start_new_session=True)  # its own process group: nothing outlives a failure
+    tracer, pid = start_traced(tmp_path, config, output, trace)
     try:
-        hacheck = wait_until(lambda: children(tracer.pid), "hacheck under strace")
-        (pid,) = hacheck
-        wait_until(lambda: len(children(pid)) == 4 and output.read_text().count("listening on") == 4,
-                   "4 workers listening")
         for reload in range(1, 4):
             config.write_text(f"cache_time: {reload + 1}\n")
             os.kill(pid, signal.SIGHUP)
