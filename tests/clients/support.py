@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional
 import pytest
 
 from tests.conftest import raw_exchange, require_command, unused_port
-from tests.e2e.haproxy_support import run_haproxy
+from tests.e2e.haproxy_support import defaults_section, run_haproxy
 from tests.e2e.support import CountingListener, operator_tool
 
 CAPTURES = Path(__file__).resolve().parent / "captures"
@@ -133,8 +133,7 @@ def haproxy_backend(form: Form, server_port: int, check_port: int) -> str:
 
 
 def haproxy_sections(backends: Iterable[str], mode: str = "http") -> str:
-    return (f"defaults\n    mode {mode}\n    timeout connect 2s\n    timeout client 5s\n"
-            f"    timeout server 5s\n    timeout check 5s\n\n" + "\n".join(backends))
+    return defaults_section(mode) + "\n" + "\n".join(backends)
 
 
 def capture_haproxy(tmp_path: Path, forms: List[Form]) -> Dict[str, bytes]:

@@ -98,17 +98,16 @@ global
             process.wait()
 
 
+def defaults_section(mode: str = "http") -> str:
+    return (f"defaults\n    mode {mode}\n    timeout connect 2s\n    timeout client 5s\n"
+            f"    timeout server 5s\n    timeout check 5s\n")
+
+
 @contextlib.contextmanager
 def haproxy(tmp_path, backends):
     """HAProxy in HTTP mode with a frontend to the first of the given backend sections."""
     sections = f"""
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 5s
-    timeout server 5s
-    timeout check 5s
-
+{defaults_section()}
 frontend fe
     bind 127.0.0.1:{unused_port()}
     default_backend {next(iter(backends))}
