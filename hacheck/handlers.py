@@ -38,6 +38,7 @@ from hacheck.spool import (
     InvalidExpiration,
     SpoolError,
     parse_expiration,
+    report_unreadable,
     shown_reason,
     spool_filename,
 )
@@ -151,9 +152,6 @@ def choose_target(headers: tornado.httputil.HTTPHeaders, url_port: int, own_ips:
     return Target(host, port)
 
 
-# A downtime lookup that could not read the spool (and has answered 503 saying so).
-UNREADABLE = object()
-
 # The check codes answered as they are (HTTP knows them); any other code is answered 503.
 _ANSWERED_AS_IS = frozenset(code for code in http.client.responses if 200 <= code <= 599)
 
@@ -256,19 +254,18 @@ class PathHandler(BaseHandler):
             self.answer(400, f"{err}\n")
             return None
 
-    def _downtime(self, service: str, target: Target):
-        """The downtime that applies, or None; ``UNREADABLE`` once answered 503 for a spool that cannot be read."""
+    def _downtime(self, service: str, target: Target) -> Optional[Tuple[str, Downtime]]:
+        """The downtime that applies, or None (also when the spool root cannot be read)."""
         state = self.state
         try:
             return state.spool.find_downtime(
                 service, port=target.port, host=None if target.host == LOCALHOST else target.host
             )
         except SpoolError as err:
-            # Nobody can tell whether the service is down: the safe answer is down, saying why.
-            state.warnings.error("spool unreadable", "%s: every check answers 503", err)
-            state.activity.record(service, self.request.remote_ip, 503)
-            self.answer(503, f"Cannot tell whether {service} is down: {err}\n")
-            return UNREADABLE
+            # As the originals: no downtime. A 503 here would take every service of every host
+            # with the same mistake out of rotation; the failure is loud instead.
+            report_unreadable(state.warnings, err)
+            return None
 
     def _answer_and_record(self, service: str, code: int, message: str) -> None:
         # The check's own code is the service's last status; the answer is that code when HTTP knows it.
@@ -292,8 +289,6 @@ class SpoolHandler(PathHandler):
             return
         service, target, _ = asked
         found = self._downtime(service, target)
-        if found is UNREADABLE:
-            return
         if found is None:
             code, message = 200, ""
         elif found[1].is_drain:
@@ -389,8 +384,6 @@ class CheckHandler(PathHandler):
             return
         # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
         found = self._downtime(service, target) if state.spool_on_http else None
-        if found is UNREADABLE:
-            return
         if found is not None and not found[1].is_drain:
             self._answer_and_record(service, 503, down_message(*found, self.state.config.max_reason_chars))
             return
@@ -482,7 +475,14 @@ class StatusHandler(BaseHandler):
             "requests_in_flight": state.requests_in_flight,
             "version": state.version,
             "pid": os.getpid(),
+            "spool": spool_status(state.spool),
         })
+
+
+def spool_status(spool) -> dict:
+    """/status's ``spool``: the root, whether downtimes can be read from it, and why not."""
+    problem = spool.unreadable_reason()
+    return {"root": spool.root, "readable": problem is None, "problem": problem}
 
 
 class MetricsHandler(BaseHandler):

@@ -101,7 +101,8 @@ def downtime_state(entry: SpoolEntry) -> str:
 
 
 class DowntimeCollector:
-    """``hacheck_downtimes``: active downtimes by kind and state, read from the spool at scrape time."""
+    """``hacheck_spool_readable`` and ``hacheck_downtimes`` (active downtimes by kind and state), read
+    from the spool at scrape time: every worker reads the same directory, so any of them can answer."""
 
     def __init__(self, spool: Spool):
         self.spool = spool
@@ -109,6 +110,10 @@ class DowntimeCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
+        yield GaugeMetricFamily("hacheck_spool_readable",
+                                "1 when downtimes can be read from the spool directory; 0 when it cannot be "
+                                "read and every check is answered as if nothing were down.",
+                                value=0 if self.spool.unreadable_reason() else 1)
         try:
             entries = self.spool.entries()
         except SpoolError as err:

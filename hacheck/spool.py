@@ -277,12 +277,31 @@ class _Listing:
 def _candidates(service: str, port: Optional[int], host: Optional[str]) -> Tuple[Tuple[str, str], ...]:
     """(name, file name) of the entries that can keep ``service`` down, in the order they are looked at.
 
+    The one place the lookup order is declared: ``all``, the service, the service on
+    the port, then on the host and port. A check that names a host (X-Nerve-Check-IP,
+    send-state's ``address=``) is still reached by a per-port downtime: nerve-tools'
+    updown writes ``hadown -P <port> <service>`` without a host. The broadest entry is
+    looked at first, as the originals did, so the one named in an answer stays theirs.
     Remembered: HAProxy asks about the same few services over and over.
     """
     candidates = [(ALL, None, None), (service, None, None)]
     if port is not None:
-        candidates.append((service, port, host))
+        candidates.append((service, port, None))
+        if host not in (None, "", LOCALHOST):
+            candidates.append((service, port, host))
     return tuple((name, spool_filename(name, entry_port, entry_host)) for name, entry_port, entry_host in candidates)
+
+
+# The kind of the throttled ERROR line for a spool root that cannot be read (HTTP checks and the agent alike).
+UNREADABLE_WARNING = "spool unreadable"
+
+
+def report_unreadable(warnings, err: SpoolError) -> None:
+    """Log, at most once per ``log_repeat_interval`` (``warnings`` is the daemon's ThrottledLog), that
+    the root cannot be read and that answers go on as if nothing were down, as the originals did:
+    an unreadable root is usually a packaging or permission mistake made on every host at once."""
+    warnings.error(UNREADABLE_WARNING, "%s: downtimes are ignored, every check and agent request is answered "
+                   "as if nothing were down (/status spool.readable, /metrics hacheck_spool_readable)", err)
 
 
 class Spool:
@@ -323,6 +342,20 @@ class Spool:
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise SpoolError(f"spool directory {self.root} is not readable")
         return True
+
+    def unreadable_reason(self) -> Optional[str]:
+        """Why downtimes cannot be looked up in the root (as SpoolError says it), or None when they can.
+
+        A missing root can be: nothing is down. Looks the way a lookup does (a name
+        in the root), so it agrees with ``find_downtime`` whoever runs it, root included.
+        """
+        try:
+            os.lstat(os.path.join(self.root, ALL))
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            return f"cannot read spool directory {self.root}: {err.strerror}"
+        return None
 
     def path(self, service: str, port: Optional[int] = None, host: Optional[str] = None) -> str:
         return os.path.join(self.root, spool_filename(service, port, host))
@@ -381,9 +414,11 @@ class Spool:
                       now: Optional[float] = None) -> Optional[Tuple[str, Downtime]]:
         """The first downtime that keeps ``service`` (on ``host``:``port``) down.
 
-        Looks at ``all``, then the service, then the service on that port (and
-        host). Returns (name of the entry that matched, downtime), or None when up.
-        A downtime that cuts wins over one that drains, wherever each is found.
+        Looks at ``all``, then the service, then the service on that port, then on
+        that host and port (see ``_candidates``). Returns (name of the entry that
+        matched, downtime), or None when up. A downtime that cuts wins over one that
+        drains, wherever each is found. SpoolError when the root cannot be read:
+        what that means for an answer is the caller's choice (see ``report_unreadable``).
         """
         now = time.time() if now is None else now
         present = self._names_present()
