@@ -101,7 +101,7 @@ def downtime_state(entry: SpoolEntry) -> str:
 
 
 class DowntimeCollector:
-    """``hacheck_downtimes``: active downtimes by kind and state, read from the spool at scrape time."""
+    """``hacheck_downtimes``: active downtimes by kind and state; the files are read again when the spool changed."""
 
     def __init__(self, spool: Spool):
         self.spool = spool
@@ -110,7 +110,7 @@ class DowntimeCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         try:
-            entries = self.spool.entries()
+            entries = self.spool.entries_for_count()
         except SpoolError as err:
             log.warning("metrics: %s", err)
             return
