@@ -439,7 +439,7 @@ class CheckHandler(PathHandler):
             nonlocal started
             started = True
             # Built only when the check runs: a shared or cached result needs no context.
-            context = check_context(protocol, config, state.resources, service, query_string, headers)
+            context = check_context(protocol, config, state.resources, service, query_string, headers, client_ip)
             check = in_flight.bounded_per_target(protocol.check) if counted else protocol.check
             checked = run_check(check, target, query if protocol.uses_query else "", context)
             timed = state.metrics.time_check(self.protocol, service, checked)
