@@ -5,6 +5,8 @@ A request flows one way: target -> spool -> cached protocol check -> activity
 everything lives in the ``DaemonState`` the route table hands to each of them.
 """
 
+import asyncio
+import functools
 import http.client
 import ipaddress
 import logging
@@ -299,7 +301,7 @@ class SpoolHandler(PathHandler):
 
     head = get
 
-    def post(self) -> None:
+    async def post(self) -> None:
         parsed = self._parse_path()
         if parsed is None:
             return
@@ -332,13 +334,14 @@ class SpoolHandler(PathHandler):
         except (BadRequest, InvalidExpiration) as err:
             self.answer(400, f"{err}\n")
             return
+        if status == "up":
+            change = functools.partial(state.spool.up, service, port=entry_port)
+        else:
+            change = functools.partial(state.spool.down, service, reason=self.get_body_argument("reason", ""),
+                                       expiration=expiration, port=entry_port, creation=creation,
+                                       state=STATE_DRAIN if status == "drain" else STATE_DOWN)
         try:
-            if status == "up":
-                state.spool.up(service, port=entry_port)
-            else:
-                state.spool.down(service, reason=self.get_body_argument("reason", ""),
-                                 expiration=expiration, port=entry_port, creation=creation,
-                                 state=STATE_DRAIN if status == "drain" else STATE_DOWN)
+            await asyncio.wrap_future(state.spool_writer.submit(change))
         except SpoolError as err:
             log.error("remote spool change failed: %s", err)
             self.answer(500, f"{err}\n")
@@ -429,7 +432,7 @@ class CheckHandler(PathHandler):
             nonlocal started
             started = True
             # Built only when the check runs: a shared or cached result needs no context.
-            context = check_context(protocol, config, state.resources, service, query_string, headers)
+            context = check_context(protocol, config, state.resources, service, query_string, headers, client_ip)
             check = in_flight.bounded_per_target(protocol.check) if counted else protocol.check
             checked = run_check(check, target, query if protocol.uses_query else "", context)
             timed = state.metrics.time_check(self.protocol, service, checked)

@@ -101,8 +101,9 @@ def downtime_state(entry: SpoolEntry) -> str:
 
 
 class DowntimeCollector:
-    """``hacheck_spool_readable`` and ``hacheck_downtimes`` (active downtimes by kind and state), read
-    from the spool at scrape time: every worker reads the same directory, so any of them can answer."""
+    """``hacheck_spool_readable`` and ``hacheck_downtimes`` (active downtimes by kind and state), from
+    the spool: every worker reads the same directory, so any of them can answer. The downtime files
+    are read again only when the directory changed."""
 
     def __init__(self, spool: Spool):
         self.spool = spool
@@ -115,7 +116,7 @@ class DowntimeCollector:
                                 "read and every check is answered as if nothing were down.",
                                 value=0 if self.spool.unreadable_reason() else 1)
         try:
-            entries = self.spool.entries()
+            entries = self.spool.entries_for_count()
         except SpoolError as err:
             log.warning("metrics: %s", err)
             return

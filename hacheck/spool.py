@@ -9,6 +9,7 @@ HTTP or Tornado; it never deletes a file while reading (a reader that removed
 an expired downtime could race an operator renewing it).
 """
 
+import concurrent.futures
 import datetime
 import errno
 import functools
@@ -20,7 +21,7 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import FrozenSet, Iterator, List, Optional, Tuple
+from typing import Callable, FrozenSet, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from hacheck.names import InvalidName, parse_port
 
@@ -39,6 +40,10 @@ _CUT_MARK = "..."
 
 # Temporary files of atomic writes start with this, and listings skip them.
 _TEMP_PREFIX = ".#hacheck-tmp."
+
+# fsync errors that mean "this file system cannot sync a directory" (it then
+# has nothing to make durable that way), not that the sync failed.
+_NO_DIRECTORY_FSYNC = (errno.EINVAL, errno.ENOTSUP)
 
 # What a downtime does: "down" cuts the service off; "drain" lets established
 # connections finish but takes no new ones. Files without a state are "down",
@@ -267,10 +272,33 @@ class _Listing:
         Every later creation, removal or rename in the directory changes its
         mtime and ctime to a later tick, so an unchanged stat means unchanged names.
         """
-        last_change_ns = max(status.st_mtime_ns, status.st_ctime_ns)
-        if time.time_ns() - last_change_ns < LISTING_SETTLE_SECONDS * 1e9:
+        if not _settled(status):
             return None
         return cls(cls.identity_of(status), names, time.monotonic() + LISTING_MAX_AGE_SECONDS)
+
+
+def _settled(status: os.stat_result) -> bool:
+    """Whether the directory last changed long enough ago for its stat to stand for its content."""
+    last_change_ns = max(status.st_mtime_ns, status.st_ctime_ns)
+    return time.time_ns() - last_change_ns >= LISTING_SETTLE_SECONDS * 1e9
+
+
+# /metrics reads every file again at most this long after the last read even when
+# the directory's stat did not change: a file rewritten in place (older tools did
+# that) changes no stat of the directory.
+ENTRIES_MAX_AGE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _EntriesSnapshot:
+    """Every downtime in the spool root, expired ones too, with the directory stat they were read under."""
+
+    identity: Tuple[int, int, int, int]
+    entries: Tuple[SpoolEntry, ...]
+    expires_at: float  # time.monotonic()
+
+    def current(self, status: os.stat_result) -> bool:
+        return time.monotonic() < self.expires_at and self.identity == _Listing.identity_of(status)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -310,6 +338,7 @@ class Spool:
     def __init__(self, root: str = DEFAULT_SPOOL_ROOT):
         self.root = root
         self._listing: Optional[_Listing] = None
+        self._entries_snapshot: Optional[_EntriesSnapshot] = None
 
     def ensure_root(self, mode: int = 0o750) -> None:
         """Create the root when missing; raise SpoolError naming it when that fails."""
@@ -492,7 +521,27 @@ class Spool:
             raise SpoolError(f"cannot remove {path}: it is a directory") from err
         except OSError as err:
             raise SpoolError(f"cannot remove {path}: {err.strerror}") from err
+        self._sync_root(f"removed {path}")
         return True
+
+    def _sync_root(self, done: str) -> None:
+        """fsync the spool root, so the rename or unlink just made in it survives a power loss.
+
+        A file's own fsync makes its content durable, not its name: until the
+        directory is synced, a crash can bring back a removed downtime or lose
+        a new one. ``done`` says what was done, for the error.
+        """
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise SpoolError(f"{done}, but cannot open {self.root} to make it durable: {err.strerror}") from err
+        try:
+            os.fsync(fd)
+        except OSError as err:
+            if err.errno not in _NO_DIRECTORY_FSYNC:
+                raise SpoolError(f"{done}, but cannot make it durable: fsync {self.root}: {err.strerror}") from err
+        finally:
+            os.close(fd)
 
     def _write_atomically(self, path: str, content: bytes) -> None:
         """Write to a temporary file in the same directory, then rename over the target."""
@@ -513,11 +562,36 @@ class Spool:
             except OSError:
                 pass
             raise SpoolError(f"cannot write {path}: {err.strerror}") from err
+        self._sync_root(f"wrote {path}")
 
     def entries(self, now: Optional[float] = None, include_expired: bool = False) -> List[SpoolEntry]:
         """Every downtime in the spool, sorted by file name."""
         now = time.time() if now is None else now
         return sorted(self._iter_entries(now, include_expired), key=lambda entry: entry.filename)
+
+    def entries_for_count(self, now: Optional[float] = None) -> List[SpoolEntry]:
+        """The active downtimes, unsorted, reading the files again only when the directory changed.
+
+        For ``/metrics``, scraped often: with thousands of downtimes, reading
+        every file per scrape would hold the event loop. Expired downtimes stay
+        in the snapshot and are left out here, since expiring changes no stat.
+        """
+        now = time.time() if now is None else now
+        try:
+            status = os.stat(self.root)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise SpoolError(f"cannot read spool directory {self.root}: {err.strerror}") from err
+        snapshot = self._entries_snapshot
+        if snapshot is not None and snapshot.current(status):
+            entries: Iterable[SpoolEntry] = snapshot.entries
+        else:
+            entries = tuple(self._iter_entries(now, include_expired=True))
+            self._entries_snapshot = _EntriesSnapshot(
+                _Listing.identity_of(status), entries, time.monotonic() + ENTRIES_MAX_AGE_SECONDS,
+            ) if _settled(status) else None
+        return [entry for entry in entries if not entry.downtime.is_expired(now)]
 
     def _iter_entries(self, now: float, include_expired: bool) -> Iterator[SpoolEntry]:
         try:
@@ -534,3 +608,28 @@ class Spool:
                 continue
             service, host, port = parse_filename(name)
             yield SpoolEntry(service=service, host=host, port=port, downtime=downtime)
+
+
+Changed = TypeVar("Changed")
+
+
+class SpoolWriter:
+    """Runs the daemon's spool changes on a thread of their own, one after another in the order they came.
+
+    A change fsyncs the file and the directory, which takes as long as the disk
+    does; on the event loop it would hold every other check for that long.
+    """
+
+    def __init__(self) -> None:
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    def submit(self, change: Callable[[], Changed]) -> "concurrent.futures.Future[Changed]":
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-write")
+        return self._executor.submit(change)
+
+    def close(self) -> None:
+        """Wait for the changes already submitted: a stop must not lose a downtime it acknowledged."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -454,3 +454,17 @@ def test_parse_filename_never_raises(name):
     service, host, port = parse_filename(name)
     assert isinstance(service, str)
     assert port is None or 0 <= port <= 65535
+
+
+def test_counted_entries_follow_the_spool_without_rereading_unchanged_files(spool):
+    """What /metrics counts: new and removed downtimes at once, expired ones left out as time passes."""
+    now = time.time()
+    spool.down("web", reason="deploy", expiration=now + 60)
+    spool.down("db", reason="disk")
+    old = now - 10
+    os.utime(spool.root, (old, old))  # the directory's stamp old enough to be trusted
+    counted = sorted(entry.service for entry in spool.entries_for_count(now=now))
+    assert counted == ["db", "web"]
+    assert sorted(entry.service for entry in spool.entries_for_count(now=now + 61)) == ["db"]
+    spool.up("db")
+    assert [entry.service for entry in spool.entries_for_count(now=now)] == ["web"]
