@@ -97,25 +97,46 @@ class ConnectionGuard:
         self.limits = limits
         self.warnings = warnings
         self.streams: Set[BoundedStream] = set()
-        self.lingering: Set[_Linger] = set()  # refused connections after their answer
-        self.stopping = False
+        self.lingering: Set[_Linger] = set()  # refused or closed connections, read until the client closes
+        self.stopping = False  # each request read from now on is answered with Connection: close
+        # Connections not being answered are closed; one whose answer promised to keep it alive still
+        # gets this long for the request its client may be sending already.
+        self.closing = False
+        self.last_request_wait = 0.0
 
     def answering(self) -> int:
         """Connections whose request has been read and is being answered."""
         return sum(1 for stream in self.streams if stream.answering)
 
-    def close_unanswered(self) -> None:
-        """Close the connections that are idle or still sending a request, and the lingering refused ones."""
-        self.stopping = True
+    def close_unanswered(self, last_request_wait: float = 0.0) -> None:
+        """Close the connections that are idle or still sending a request, each with a lingering close.
+
+        A connection being answered now under a promise to keep it alive (its
+        request came before the stop) afterwards gets ``last_request_wait``
+        seconds for one more request, answered with ``Connection: close``: its
+        client sends it as soon as it has read the answer.
+        """
+        self.stopping = self.closing = True
+        self.last_request_wait = last_request_wait
         for stream in [stream for stream in self.streams if not stream.answering]:
+            stream.close_lingering()
+
+    def close_all(self) -> None:
+        """Close every connection now, the lingering ones too."""
+        self.close_unanswered()
+        for stream in list(self.streams):
             stream.close()
         for linger in list(self.lingering):
             linger.end()
 
-    def close_all(self) -> None:
-        self.close_unanswered()
-        for stream in list(self.streams):
-            stream.close()
+    def linger(self, sock: socket.socket, seconds: float) -> None:
+        """Read and drop what the client still sends on ``sock`` (already shut for writing) until it
+        closes or ``seconds`` pass, then close: closing with unread data would reset the connection,
+        and a reset can destroy an answer the client has not read yet."""
+        if seconds <= 0:
+            sock.close()
+            return
+        self.lingering.add(_Linger(sock, self.limits.max_body_bytes, seconds, self.lingering.discard))
 
     def refuse(self, sock: socket.socket, peer: str, code: int, text: str) -> None:
         """Answer ``code`` with ``text`` as a one-line body on ``sock``, then linger and close it."""
@@ -130,11 +151,7 @@ class ConnectionGuard:
         except OSError:
             sock.close()
             return
-        if self.stopping or self.limits.refusal_linger <= 0:
-            sock.close()
-            return
-        self.lingering.add(_Linger(sock, self.limits.max_body_bytes, self.limits.refusal_linger,
-                                   self.lingering.discard))
+        self.linger(sock, 0 if self.closing else self.limits.refusal_linger)
 
 
 class _Linger:
@@ -199,6 +216,7 @@ class BoundedStream(tornado.iostream.IOStream):
         self.guard = guard
         self.peer = peer
         self.answering = False  # a request has been read and its answer is not yet written
+        self.keep_alive_promised = False  # that answer lets the client send another request on it
         self.heads_read = 0
         self.reading_head = False
         self.awaiting_first_byte = False
@@ -209,8 +227,9 @@ class BoundedStream(tornado.iostream.IOStream):
 
     def read_until_regex(self, regex, max_bytes=None):
         self.answering = False
-        if self.guard.stopping:
-            self.close()  # the next request of a kept-alive connection is not served any more
+        kept_alive, self.keep_alive_promised = self.keep_alive_promised, False
+        if self.guard.closing and not kept_alive:
+            self.close_lingering()  # no further request is served on it
         first = self.heads_read == 0
         self.heads_read += 1
         self.reading_head = True
@@ -222,7 +241,10 @@ class BoundedStream(tornado.iostream.IOStream):
             return future
         limits = self.guard.limits
         self.awaiting_first_byte = not first
-        self._start_head_timer(limits.header_timeout if first else limits.idle_timeout)
+        if self.guard.closing:
+            self._start_head_timer(min(limits.idle_timeout, self.guard.last_request_wait))
+        else:
+            self._start_head_timer(limits.header_timeout if first else limits.idle_timeout)
         future.add_done_callback(self._head_read)
         return future
 
@@ -247,6 +269,21 @@ class BoundedStream(tornado.iostream.IOStream):
                 self._refuse(*self.guard.limits.oversized_head(self.head_line_bytes))
         super().close(exc_info)
         self.guard.streams.discard(self)
+
+    def close_lingering(self) -> None:
+        """Close without a reset: shut the sending side (the client reads the end of the stream after
+        every answer sent), then read what the client still sends until it closes too, at most
+        ``refused_request_linger`` seconds (as long as the stop's bound leaves)."""
+        if self.closed():
+            return
+        try:
+            sock = self.socket.dup()  # outlives this stream's close, for the linger
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.close()
+        self.guard.linger(sock, self.guard.limits.refusal_linger)
 
     def refuse(self, code: int, text: str) -> None:
         """Answer ``code`` with ``text`` and close; the guard lingers on a copy of the socket."""
@@ -278,7 +315,7 @@ class BoundedStream(tornado.iostream.IOStream):
         self.head_timer = None
         log.debug("closing the connection from %s: %s", self.peer,
                   "idle" if self.awaiting_first_byte else "request head not received in time")
-        self.close()
+        self.close_lingering()
 
 
 class BoundedRequest(tornado.httputil.HTTPMessageDelegate):
@@ -304,6 +341,9 @@ class BoundedRequest(tornado.httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers):
         refusal = self.guard.limits.refusal(start_line, headers)
         if refusal is None:
+            if isinstance(self.stream, BoundedStream):
+                # Before a stop Tornado keeps the connection alive (unless the request says otherwise).
+                self.stream.keep_alive_promised = not self.guard.stopping
             stand_in = "Host" not in headers
             if stand_in:
                 headers["Host"] = STAND_IN_HOST
