@@ -14,6 +14,9 @@ in Python (a body of 1-byte chunks costs about a second of CPU). Here:
 - a refused client's answer is followed by a short linger in which what it
   still sends is read and dropped, so that closing does not reset the
   connection under the answer (``ConnectionGuard.refuse``);
+- a request without ``Host`` is served as Tornado 6.2 served it, on every
+  Tornado (``BoundedRequest``), and a head Tornado refuses while building the
+  request answers 400 with its reason;
 - Tornado's per-connection log lines (bad requests, unsatisfiable reads) go
   through a ``ThrottledLog``.
 
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # Bytes read and dropped per wake-up of a lingering refused connection.
 _LINGER_READ = 64 * 1024
+# The Host Tornado is given, while it parses a request, for one that came without:
+# the value Tornado itself takes for an HTTP/1.0 request without Host.
+STAND_IN_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -91,25 +97,46 @@ class ConnectionGuard:
         self.limits = limits
         self.warnings = warnings
         self.streams: Set[BoundedStream] = set()
-        self.lingering: Set[_Linger] = set()  # refused connections after their answer
-        self.stopping = False
+        self.lingering: Set[_Linger] = set()  # refused or closed connections, read until the client closes
+        self.stopping = False  # each request read from now on is answered with Connection: close
+        # Connections not being answered are closed; one whose answer promised to keep it alive still
+        # gets this long for the request its client may be sending already.
+        self.closing = False
+        self.last_request_wait = 0.0
 
     def answering(self) -> int:
         """Connections whose request has been read and is being answered."""
         return sum(1 for stream in self.streams if stream.answering)
 
-    def close_unanswered(self) -> None:
-        """Close the connections that are idle or still sending a request, and the lingering refused ones."""
-        self.stopping = True
+    def close_unanswered(self, last_request_wait: float = 0.0) -> None:
+        """Close the connections that are idle or still sending a request, each with a lingering close.
+
+        A connection being answered now under a promise to keep it alive (its
+        request came before the stop) afterwards gets ``last_request_wait``
+        seconds for one more request, answered with ``Connection: close``: its
+        client sends it as soon as it has read the answer.
+        """
+        self.stopping = self.closing = True
+        self.last_request_wait = last_request_wait
         for stream in [stream for stream in self.streams if not stream.answering]:
+            stream.close_lingering()
+
+    def close_all(self) -> None:
+        """Close every connection now, the lingering ones too."""
+        self.close_unanswered()
+        for stream in list(self.streams):
             stream.close()
         for linger in list(self.lingering):
             linger.end()
 
-    def close_all(self) -> None:
-        self.close_unanswered()
-        for stream in list(self.streams):
-            stream.close()
+    def linger(self, sock: socket.socket, seconds: float) -> None:
+        """Read and drop what the client still sends on ``sock`` (already shut for writing) until it
+        closes or ``seconds`` pass, then close: closing with unread data would reset the connection,
+        and a reset can destroy an answer the client has not read yet."""
+        if seconds <= 0:
+            sock.close()
+            return
+        self.lingering.add(_Linger(sock, self.limits.max_body_bytes, seconds, self.lingering.discard))
 
     def refuse(self, sock: socket.socket, peer: str, code: int, text: str) -> None:
         """Answer ``code`` with ``text`` as a one-line body on ``sock``, then linger and close it."""
@@ -124,11 +151,7 @@ class ConnectionGuard:
         except OSError:
             sock.close()
             return
-        if self.stopping or self.limits.refusal_linger <= 0:
-            sock.close()
-            return
-        self.lingering.add(_Linger(sock, self.limits.max_body_bytes, self.limits.refusal_linger,
-                                   self.lingering.discard))
+        self.linger(sock, 0 if self.closing else self.limits.refusal_linger)
 
 
 class _Linger:
@@ -193,6 +216,7 @@ class BoundedStream(tornado.iostream.IOStream):
         self.guard = guard
         self.peer = peer
         self.answering = False  # a request has been read and its answer is not yet written
+        self.keep_alive_promised = False  # that answer lets the client send another request on it
         self.heads_read = 0
         self.reading_head = False
         self.awaiting_first_byte = False
@@ -203,8 +227,9 @@ class BoundedStream(tornado.iostream.IOStream):
 
     def read_until_regex(self, regex, max_bytes=None):
         self.answering = False
-        if self.guard.stopping:
-            self.close()  # the next request of a kept-alive connection is not served any more
+        kept_alive, self.keep_alive_promised = self.keep_alive_promised, False
+        if self.guard.closing and not kept_alive:
+            self.close_lingering()  # no further request is served on it
         first = self.heads_read == 0
         self.heads_read += 1
         self.reading_head = True
@@ -216,7 +241,10 @@ class BoundedStream(tornado.iostream.IOStream):
             return future
         limits = self.guard.limits
         self.awaiting_first_byte = not first
-        self._start_head_timer(limits.header_timeout if first else limits.idle_timeout)
+        if self.guard.closing:
+            self._start_head_timer(min(limits.idle_timeout, self.guard.last_request_wait))
+        else:
+            self._start_head_timer(limits.header_timeout if first else limits.idle_timeout)
         future.add_done_callback(self._head_read)
         return future
 
@@ -241,6 +269,21 @@ class BoundedStream(tornado.iostream.IOStream):
                 self._refuse(*self.guard.limits.oversized_head(self.head_line_bytes))
         super().close(exc_info)
         self.guard.streams.discard(self)
+
+    def close_lingering(self) -> None:
+        """Close without a reset: shut the sending side (the client reads the end of the stream after
+        every answer sent), then read what the client still sends until it closes too, at most
+        ``refused_request_linger`` seconds (as long as the stop's bound leaves)."""
+        if self.closed():
+            return
+        try:
+            sock = self.socket.dup()  # outlives this stream's close, for the linger
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.close()
+        self.guard.linger(sock, self.guard.limits.refusal_linger)
 
     def refuse(self, code: int, text: str) -> None:
         """Answer ``code`` with ``text`` and close; the guard lingers on a copy of the socket."""
@@ -272,11 +315,22 @@ class BoundedStream(tornado.iostream.IOStream):
         self.head_timer = None
         log.debug("closing the connection from %s: %s", self.peer,
                   "idle" if self.awaiting_first_byte else "request head not received in time")
-        self.close()
+        self.close_lingering()
 
 
 class BoundedRequest(tornado.httputil.HTTPMessageDelegate):
-    """Passes a request on to the application unless its head alone refuses it (411, 413, 414)."""
+    """Passes a request on to the application unless its head alone refuses it (411, 413, 414).
+
+    A request without ``Host`` is served, whatever its HTTP version: HAProxy
+    sends its checks without one unless configured to (``option httpchk GET
+    /path HTTP/1.1``), and Tornado 6.5 and later refuse such an HTTP/1.1
+    request with an empty 400. Tornado is handed ``STAND_IN_HOST`` while it
+    builds the request and routes it, and the header is taken out again
+    before the application sees the request: what is copied upstream, the
+    cache keys and the logs are as if no ``Host`` had come, as in the
+    original hacheck. A request head Tornado still refuses there answers 400
+    with Tornado's reason as its one line.
+    """
 
     def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, request_conn, guard: ConnectionGuard):
         self.delegate = delegate
@@ -287,13 +341,28 @@ class BoundedRequest(tornado.httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers):
         refusal = self.guard.limits.refusal(start_line, headers)
         if refusal is None:
-            return self.delegate.headers_received(start_line, headers)
+            if isinstance(self.stream, BoundedStream):
+                # Before a stop Tornado keeps the connection alive (unless the request says otherwise).
+                self.stream.keep_alive_promised = not self.guard.stopping
+            stand_in = "Host" not in headers
+            if stand_in:
+                headers["Host"] = STAND_IN_HOST
+            try:
+                return self.delegate.headers_received(start_line, headers)
+            except tornado.httputil.HTTPInputError as err:
+                refusal = 400, f"Bad request: {str(err)[:200]}"
+            finally:
+                if stand_in:
+                    del headers["Host"]  # the request object holds this same mapping
+        self._refuse(refusal)
+        return None
+
+    def _refuse(self, refusal: Tuple[int, str]) -> None:
         stream = self.request_conn.detach()  # Tornado reads no body and serves nothing more on it
         if isinstance(stream, BoundedStream):
             stream.refuse(*refusal)
         else:
             stream.close()
-        return None
 
     def data_received(self, chunk: bytes):
         return self.delegate.data_received(chunk)

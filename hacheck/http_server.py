@@ -76,14 +76,14 @@ def add_pausing_accept_handler(sock: socket.socket, callback: Callable[[socket.s
     return remove
 
 
-def _tornado_parameters(params: tornado.http1connection.HTTP1ConnectionParameters,
-                        limits: ConnectionLimits) -> tornado.http1connection.HTTP1ConnectionParameters:
-    """Tornado's own connection settings with its bounds from ``limits`` (a backstop: the
-    connections keep to them first, answering where Tornado would close without a word)."""
-    return tornado.http1connection.HTTP1ConnectionParameters(
-        no_keep_alive=params.no_keep_alive, chunk_size=params.chunk_size, decompress=params.decompress,
-        max_header_size=limits.max_header_bytes, header_timeout=limits.idle_timeout + limits.header_timeout,
-        max_body_size=limits.max_body_bytes, body_timeout=limits.body_timeout)
+def _apply_limits(params: tornado.http1connection.HTTP1ConnectionParameters, limits: ConnectionLimits) -> None:
+    """Set Tornado's own bounds in ``params`` from ``limits`` (a backstop: the connections keep to
+    them first, answering where Tornado would close without a word). Changed in place: every
+    connection holds this one object and reads it at its next request, as it reads ``limits``."""
+    params.max_header_size = limits.max_header_bytes
+    params.header_timeout = limits.idle_timeout + limits.header_timeout
+    params.max_body_size = limits.max_body_bytes
+    params.body_timeout = limits.body_timeout
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
@@ -94,7 +94,7 @@ class HTTPServer(tornado.httpserver.HTTPServer):
 
     def initialize(self, request_callback, limits: ConnectionLimits, warnings: ThrottledLog, **kwargs) -> None:
         super().initialize(request_callback, **kwargs)
-        self.conn_params = _tornado_parameters(self.conn_params, limits)
+        _apply_limits(self.conn_params, limits)
         self.guard = ConnectionGuard(limits, warnings)
         self.listeners: List[Tuple[socket.socket, Callable[[], None]]] = []
 
@@ -132,12 +132,29 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         return len(self.guard.streams) - self.guard.answering()
 
     def finish_connections(self) -> None:
-        """From now on each connection closes once answered (no further request on it is read)."""
-        self.guard.stopping = True
+        """From now on each connection closes once its next request is answered, with ``Connection: close``.
 
-    def close_unanswered(self) -> None:
-        """Close every connection not being answered now; those being answered close once answered."""
-        self.guard.close_unanswered()
+        Closing a kept-alive connection right after an answer would lose the
+        request its client may have sent on it meanwhile; answered with
+        ``Connection: close`` instead, the client opens its next connection to
+        the process that takes over the socket. Tornado reads ``no_keep_alive``
+        from the parameters every connection shares at each request's head.
+        """
+        self.guard.stopping = True
+        self.conn_params.no_keep_alive = True
+
+    def lingering(self) -> int:
+        """Connections closed without a reset, still read until their client closes too."""
+        return len(self.guard.lingering)
+
+    def close_unanswered(self, last_request_wait: float) -> None:
+        """Close every connection not being answered now; those being answered close once answered, or
+        after one more request when the answer promised to keep the connection alive."""
+        self.guard.close_unanswered(last_request_wait)
+
+    def connections(self) -> int:
+        """Connections open: being answered, or waiting for the one request still served on them."""
+        return len(self.guard.streams)
 
     def close_all(self) -> None:
         self.guard.close_all()
@@ -147,4 +164,4 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         the connection limits, for connections accepted from now on and for the next request of the others."""
         limits = ConnectionLimits.from_config(config)
         self.guard.limits = limits
-        self.conn_params = _tornado_parameters(self.conn_params, limits)
+        _apply_limits(self.conn_params, limits)

@@ -213,11 +213,7 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
                         warnings=state.warnings)
     _take_reloads(args.config_file, loop, state, server, notifier, link)
     await agent.start(agent_sockets)
-    if agent_sockets:
-        log.info("agent-check answers on %s%s", _where(args, args.agent_ports, handed.agent),
-                 "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
-    elif not args.spool_on_http:
-        log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
+    _log_agent_port(args, handed, agent_sockets)
     listening = _where(args, args.ports, handed.http)
     log.info("hacheck %s listening on %s (pid %d)", __version__, listening, os.getpid())
     # Garbage collection's full passes stop the event loop for as long as they take: with a
@@ -240,20 +236,29 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     # open there, and connections arriving meanwhile wait in its backlog for the next process.
     server.stop()
     agent.stop()
-    # A connection accepted just before the stop may not have sent its request yet: closing it at
-    # once would answer nothing (HAProxy: a failed check). It gets stop_grace to send it;
-    # each connection closes once answered.
+    # A connection accepted just before the stop may not have sent its request yet, and a kept-alive
+    # one may carry a request its client just sent: closing either at once would lose a request
+    # (HAProxy: a failed check). Each gets stop_grace to send it, and is closed once it is answered
+    # (with Connection: close, so that its client opens the next one to the process taking over).
     server.finish_connections()
     idle_deadline = min(deadline, loop.time() + grace)
     while server.unanswered() > 0 and loop.time() < idle_deadline:
         await asyncio.sleep(0.05)
-    server.close_unanswered()
-    while server.answering() > 0 and loop.time() < deadline:
+    server.close_unanswered(grace)
+    while (server.connections() > 0 or server.lingering() > 0) and loop.time() < deadline:
         await asyncio.sleep(0.05)
     server.close_all()
     await agent.wait_closed(max(0.1, deadline - loop.time()))
     state.close()
     log.info("stopped")
+
+
+def _log_agent_port(args: argparse.Namespace, handed: systemd.HandedSockets, agent_sockets: list) -> None:
+    if agent_sockets:
+        log.info("agent-check answers on %s%s", _where(args, args.agent_ports, handed.agent),
+                 "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
+    elif not args.spool_on_http:
+        log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
 
 
 def _take_reloads(config_file: Optional[str], loop: asyncio.AbstractEventLoop, state, server, notifier,

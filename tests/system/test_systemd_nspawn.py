@@ -53,6 +53,9 @@ HACHECK_PORT = 3333
 UPSTREAM_PORT = 8080
 HAPROXY_STATS_PORT = 8404
 LOAD_PATHS = ("/spool/web/8080/", f"/http/web/{UPSTREAM_PORT}/")
+# Besides the 20 clients that open a connection per request (as HAProxy does), clients that keep
+# theirs alive between requests: a restart must not lose a request sent on one either.
+KEEP_ALIVE_CLIENTS = 20
 RESTARTS = 5
 RESTART_INTERVAL = 2.5
 RELOADS = 5
@@ -326,7 +329,7 @@ class Container:
         chkfail = int(self.haproxy_server()["chkfail"])
         load = self.host_in_network(
             [sys.executable, str(HERE / "load.py"), "--port", str(HACHECK_PORT), "--max-seconds", "240",
-             *LOAD_PATHS], stdout=subprocess.PIPE, text=True)
+             "--keep-alive", str(KEEP_ALIVE_CLIENTS), *LOAD_PATHS], stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(1.0)
             action()
