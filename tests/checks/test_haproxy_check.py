@@ -62,7 +62,7 @@ async def check_against_page(make_context, code: int, body: bytes):
 @pytest.mark.gen_test
 @pytest.mark.parametrize("code, body, expected_code, expected_message", [
     (200, b"<html>hello</html>", 500, "not HAProxy stats CSV"),
-    # uber/hacheck tests/test_checker.py: a 500 with no body stays 500; NUL bytes are 599.
+    # uber/hacheck/tests/test_checker.py: a 500 with no body stays 500; NUL bytes are 599.
     (500, b"", 500, "answered 500 Internal Server Error"),
     (200, b"\x00\x00", 599, "is not text"),
     (200, b"\xff\xfe# pxname,svname,status\n", 599, "is not text"),
