@@ -1,7 +1,10 @@
 """What the ported suites share: markers for deliberate differences, tools, a daemon per module."""
 
+import contextlib
 import re
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,39 @@ class Tools:
 
     def file(self, name: str) -> Path:
         return Path(self.root) / name
+
+
+class ScriptServer:
+    """A TCP server (thread) that runs ``handle(connection)`` for each connection, then closes it."""
+
+    def __init__(self, handle):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.handle = handle
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(5)
+                try:
+                    self.handle(connection)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def script_server(handle):
+    """A ``ScriptServer`` for the ``with`` block; yields its port."""
+    server = ScriptServer(handle)
+    try:
+        yield server.port
+    finally:
+        server.close()

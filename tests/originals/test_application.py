@@ -7,14 +7,13 @@ The originals ran the application in-process with mocked checkers and spool; her
 import json
 import re
 import socket
-import threading
 import time
 
 import pytest
 
 from tests.conftest import http_request
 from tests.e2e.support import CountingListener, operator_tool, threaded_upstream
-from tests.originals.support import deliberate
+from tests.originals.support import deliberate, script_server
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -87,43 +86,16 @@ def test_any_failure_fails_all(module_daemon):
         assert module_daemon.get(f"/http/chain/{port}/status", headers={"Pragma": "no-cache"})[:2] == (404, "NOK2")
 
 
-class RawUpstream:
-    """A TCP server that answers every connection with ``answer`` bytes and closes."""
-
-    def __init__(self, answer: bytes, host: str = "127.0.0.1"):
-        self.answer = answer
-        self.server = socket.create_server((host, 0))
-        self.port = self.server.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            with connection:
-                connection.settimeout(5)
-                try:
-                    connection.recv(65536)
-                    connection.sendall(self.answer)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.server.close()
-
-
 def test_weird_code(module_daemon):
     """Yelp/hacheck/tests/test_application.py::test_weird_code and uber (same): a code HTTP does
     not define is answered 503."""
-    upstream = RawUpstream(b"HTTP/1.1 600 Weird\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
+    def answer_weirdly(connection):
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 600 Weird\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
                            b"this code is weird")
-    try:
-        assert module_daemon.get(f"/http/uncached-weird-code/{upstream.port}/status")[0] == 503
-    finally:
-        upstream.close()
+
+    with script_server(answer_weirdly) as port:
+        assert module_daemon.get(f"/http/uncached-weird-code/{port}/status")[0] == 503
 
 
 def test_no_content(module_daemon):
