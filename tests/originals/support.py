@@ -1,5 +1,6 @@
 """What the ported suites share: markers for deliberate differences, tools, a daemon per module."""
 
+import asyncio
 import contextlib
 import re
 import socket
@@ -8,8 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import tornado.web
 
-from tests.conftest import REPO_ROOT, tool_argv, tool_env
+from tests.conftest import REPO_ROOT, tool_argv, tool_env, unused_port
 
 COMPATIBILITY = REPO_ROOT / "docs" / "compatibility.md"
 
@@ -95,3 +97,33 @@ def script_server(handle):
         yield server.port
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def tornado_upstream(routes, ssl_options=None, settings=None):
+    """Serve ``routes`` from a Tornado application (with ``settings``) in its own thread and IOLoop;
+    yields the port."""
+    port = unused_port()
+    started, stop = threading.Event(), None
+
+    def serve():
+        nonlocal stop
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        stop = loop.create_future()
+        application = tornado.web.Application(routes, **(settings or {}))
+        server = application.listen(port, address="127.0.0.1", ssl_options=ssl_options)
+        started.set()
+        loop.run_until_complete(stop)
+        server.stop()
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield port
+    finally:
+        loop = stop.get_loop()
+        loop.call_soon_threadsafe(stop.set_result, None)
+        thread.join(10)

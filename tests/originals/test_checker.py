@@ -8,7 +8,6 @@ checker's result; ``/recent`` shows the code a checker recorded when the answer 
 """
 
 import asyncio
-import contextlib
 import json
 import threading
 import time
@@ -19,7 +18,7 @@ import tornado.web
 from tests.checks.upstreams import tls_server_context
 from tests.conftest import require_port, start_hacheck, unused_port
 from tests.e2e.support import threaded_upstream
-from tests.originals.support import deliberate, script_server
+from tests.originals.support import deliberate, script_server, tornado_upstream
 
 # ---------------------------------------------------------------- upstreams as the originals wrote them
 
@@ -80,34 +79,6 @@ class InvalidHaproxyResponse(tornado.web.RequestHandler):
 class ExceptionResponse(tornado.web.RequestHandler):
     def get(self):
         self.write("\x00\x00")
-
-
-@contextlib.contextmanager
-def tornado_upstream(routes, ssl_options=None):
-    """Serve ``routes`` from a Tornado application in its own thread and IOLoop; yields the port."""
-    port = unused_port()
-    started, stop = threading.Event(), None
-
-    def serve():
-        nonlocal stop
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        stop = loop.create_future()
-        server = tornado.web.Application(routes).listen(port, address="127.0.0.1", ssl_options=ssl_options)
-        started.set()
-        loop.run_until_complete(stop)
-        server.stop()
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
-        yield port
-    finally:
-        loop = stop.get_loop()
-        loop.call_soon_threadsafe(stop.set_result, None)
-        thread.join(10)
 
 
 HTTP_ROUTES = [("/", ReturnTwoHundred), ("/sname", ExpectServiceNameHeader), ("/redirect", ReturnThreeOhOne),

@@ -282,3 +282,17 @@ def test_unreadable_spool_directory_is_no_downtime(hacheck_daemon):
     with open(daemon.spool_root, "w"):  # a file where the directory was: no one can list it
         pass
     assert http_request(daemon.port, "/spool/web/1/status")[0] == 200
+
+
+@PENDING_SPOOL
+def test_port_downtime_reaches_a_check_naming_a_host(tools, module_daemon):
+    """Yelp/hacheck/tests/test_spool.py::test_basic's per-host lookups, as nerve runs them: nerve-tools
+    writes ``hadown -P <port> <svc>`` while nerve's checks carry X-Nerve-Check-IP. The originals
+    looked up only ``svc:<host>:<port>`` then, so the downtime never reached the check; this
+    hacheck looks up the host and port, then the port, then the service, then ``all``."""
+    svc = "test_port_with_host"
+    tools.ok("hadown", "-P", "1234", svc)
+    try:
+        assert not is_up(module_daemon, svc, 1234, "10.93.10.1")
+    finally:
+        tools.ok("haup", "-P", "1234", svc)
