@@ -18,7 +18,7 @@ from hacheck.config import Config
 from hacheck.http_server import add_pausing_accept_handler
 from hacheck.metrics import Metrics
 from hacheck.names import PORT_PATTERN, SERVICE_PATTERN, InvalidName, check_service_name, parse_port
-from hacheck.spool import ALL, Spool, SpoolError, shown_reason
+from hacheck.spool import ALL, Spool, SpoolError, report_unreadable, shown_reason
 from hacheck.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ class AgentServer:
         try:
             answer = answer_for(self.spool, service, port, config.max_reason_chars)
         except SpoolError as err:
-            # As the HTTP checks answer 503: nobody can tell whether the service is down.
-            self.warnings.error("agent spool unreadable", "agent: %s: every agent request answers maint", err)
-            answer = f"{ANSWER_DOWN} #hacheck: {describe(str(err), config.max_reason_chars)}"
+            # As the HTTP checks: no downtime (see spool.report_unreadable for why).
+            report_unreadable(self.warnings, err)
+            answer = ANSWER_UP
         log.debug("agent %s asked %r: %s", peer, line.strip(), answer)
         self._count(peer, service, ANSWER_CODES[answer.split(" ", 1)[0]])
         return answer

@@ -17,7 +17,7 @@ from hacheck.config import CACHE_SHAPING_KEYS, Config
 from hacheck.handlers import ROUTE_NAMES, NotFoundHandler, routes
 from hacheck.inflight import InFlightChecks
 from hacheck.metrics import Metrics
-from hacheck.spool import Spool
+from hacheck.spool import Spool, SpoolWriter
 from hacheck.throttled_log import ThrottledLog
 from hacheck.tornado_stats import TornadoStats, tornado_stats_if_available
 
@@ -47,6 +47,8 @@ class DaemonState:
     in_flight_checks: InFlightChecks = field(init=False)
     # Warnings that may repeat with every request, logged at most once per log_repeat_interval.
     warnings: Optional[ThrottledLog] = None
+    # POST /spool's changes, off the event loop.
+    spool_writer: SpoolWriter = field(default_factory=SpoolWriter)
 
     def __post_init__(self) -> None:
         if self.warnings is None:
@@ -72,6 +74,7 @@ class DaemonState:
             self.tornado_stats.stop()
             self.tornado_stats = None
         self.resources.close()
+        self.spool_writer.close()
 
 
 def own_ip_addresses() -> frozenset:

@@ -93,6 +93,8 @@ exit codes:
   1 status: an entry asked about is down; otherwise the action failed (spool not
     writable, daemon not running, a non-human user without --reason)
   2 usage error (bad flags, missing or invalid service names)
+  3 status: the spool directory cannot be read; hacheck answers every check
+    as if nothing were down, and so do the UP lines printed
 
 environment:
   SUDO_USER, SSH_USER  the default reason for down, before the user name
@@ -306,7 +308,23 @@ def _broader_note(service: str, port: Optional[int], host: Optional[str], found)
             "(hastatus --effective shows it)")
 
 
+# hastatus's exit code when the spool cannot be read: neither "all up" (0) nor "something is down" (1).
+EXIT_SPOOL_UNREADABLE = 3
+
+
+def _status_of_unreadable_spool(prog: str, problem: str, options) -> int:
+    """What hacheck answers when it cannot read the spool (up, as the originals did), said to be that."""
+    _note(prog, f"error: {problem}: hacheck answers every check as if nothing were down")
+    for service in options.services:
+        _say(_json_line("UP", service, options.service_host, options.service_port, None) if options.json
+             else f"UP\t{_printable(service)}")
+    return EXIT_SPOOL_UNREADABLE
+
+
 def action_status(prog: str, spool: Spool, options) -> int:
+    problem = spool.unreadable_reason()
+    if problem is not None:
+        return _status_of_unreadable_spool(prog, problem, options)
     if not spool.check_root():
         _note(prog, f"spool directory {spool.root} does not exist: nothing is down")
     port, host = options.service_port, options.service_host

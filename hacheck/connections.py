@@ -14,6 +14,9 @@ in Python (a body of 1-byte chunks costs about a second of CPU). Here:
 - a refused client's answer is followed by a short linger in which what it
   still sends is read and dropped, so that closing does not reset the
   connection under the answer (``ConnectionGuard.refuse``);
+- a request without ``Host`` is served as Tornado 6.2 served it, on every
+  Tornado (``BoundedRequest``), and a head Tornado refuses while building the
+  request answers 400 with its reason;
 - Tornado's per-connection log lines (bad requests, unsatisfiable reads) go
   through a ``ThrottledLog``.
 
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # Bytes read and dropped per wake-up of a lingering refused connection.
 _LINGER_READ = 64 * 1024
+# The Host Tornado is given, while it parses a request, for one that came without:
+# the value Tornado itself takes for an HTTP/1.0 request without Host.
+STAND_IN_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -276,7 +282,18 @@ class BoundedStream(tornado.iostream.IOStream):
 
 
 class BoundedRequest(tornado.httputil.HTTPMessageDelegate):
-    """Passes a request on to the application unless its head alone refuses it (411, 413, 414)."""
+    """Passes a request on to the application unless its head alone refuses it (411, 413, 414).
+
+    A request without ``Host`` is served, whatever its HTTP version: HAProxy
+    sends its checks without one unless configured to (``option httpchk GET
+    /path HTTP/1.1``), and Tornado 6.5 and later refuse such an HTTP/1.1
+    request with an empty 400. Tornado is handed ``STAND_IN_HOST`` while it
+    builds the request and routes it, and the header is taken out again
+    before the application sees the request: what is copied upstream, the
+    cache keys and the logs are as if no ``Host`` had come, as in the
+    original hacheck. A request head Tornado still refuses there answers 400
+    with Tornado's reason as its one line.
+    """
 
     def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, request_conn, guard: ConnectionGuard):
         self.delegate = delegate
@@ -287,13 +304,25 @@ class BoundedRequest(tornado.httputil.HTTPMessageDelegate):
     def headers_received(self, start_line, headers):
         refusal = self.guard.limits.refusal(start_line, headers)
         if refusal is None:
-            return self.delegate.headers_received(start_line, headers)
+            stand_in = "Host" not in headers
+            if stand_in:
+                headers["Host"] = STAND_IN_HOST
+            try:
+                return self.delegate.headers_received(start_line, headers)
+            except tornado.httputil.HTTPInputError as err:
+                refusal = 400, f"Bad request: {str(err)[:200]}"
+            finally:
+                if stand_in:
+                    del headers["Host"]  # the request object holds this same mapping
+        self._refuse(refusal)
+        return None
+
+    def _refuse(self, refusal: Tuple[int, str]) -> None:
         stream = self.request_conn.detach()  # Tornado reads no body and serves nothing more on it
         if isinstance(stream, BoundedStream):
             stream.refuse(*refusal)
         else:
             stream.close()
-        return None
 
     def data_received(self, chunk: bytes):
         return self.delegate.data_received(chunk)

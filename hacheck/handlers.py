@@ -5,6 +5,8 @@ A request flows one way: target -> spool -> cached protocol check -> activity
 everything lives in the ``DaemonState`` the route table hands to each of them.
 """
 
+import asyncio
+import functools
 import http.client
 import ipaddress
 import logging
@@ -38,6 +40,7 @@ from hacheck.spool import (
     InvalidExpiration,
     SpoolError,
     parse_expiration,
+    report_unreadable,
     shown_reason,
     spool_filename,
 )
@@ -151,9 +154,6 @@ def choose_target(headers: tornado.httputil.HTTPHeaders, url_port: int, own_ips:
     return Target(host, port)
 
 
-# A downtime lookup that could not read the spool (and has answered 503 saying so).
-UNREADABLE = object()
-
 # The check codes answered as they are (HTTP knows them); any other code is answered 503.
 _ANSWERED_AS_IS = frozenset(code for code in http.client.responses if 200 <= code <= 599)
 
@@ -256,19 +256,18 @@ class PathHandler(BaseHandler):
             self.answer(400, f"{err}\n")
             return None
 
-    def _downtime(self, service: str, target: Target):
-        """The downtime that applies, or None; ``UNREADABLE`` once answered 503 for a spool that cannot be read."""
+    def _downtime(self, service: str, target: Target) -> Optional[Tuple[str, Downtime]]:
+        """The downtime that applies, or None (also when the spool root cannot be read)."""
         state = self.state
         try:
             return state.spool.find_downtime(
                 service, port=target.port, host=None if target.host == LOCALHOST else target.host
             )
         except SpoolError as err:
-            # Nobody can tell whether the service is down: the safe answer is down, saying why.
-            state.warnings.error("spool unreadable", "%s: every check answers 503", err)
-            state.activity.record(service, self.request.remote_ip, 503)
-            self.answer(503, f"Cannot tell whether {service} is down: {err}\n")
-            return UNREADABLE
+            # As the originals: no downtime. A 503 here would take every service of every host
+            # with the same mistake out of rotation; the failure is loud instead.
+            report_unreadable(state.warnings, err)
+            return None
 
     def _answer_and_record(self, service: str, code: int, message: str) -> None:
         # The check's own code is the service's last status; the answer is that code when HTTP knows it.
@@ -292,8 +291,6 @@ class SpoolHandler(PathHandler):
             return
         service, target, _ = asked
         found = self._downtime(service, target)
-        if found is UNREADABLE:
-            return
         if found is None:
             code, message = 200, ""
         elif found[1].is_drain:
@@ -304,7 +301,7 @@ class SpoolHandler(PathHandler):
 
     head = get
 
-    def post(self) -> None:
+    async def post(self) -> None:
         parsed = self._parse_path()
         if parsed is None:
             return
@@ -337,13 +334,14 @@ class SpoolHandler(PathHandler):
         except (BadRequest, InvalidExpiration) as err:
             self.answer(400, f"{err}\n")
             return
+        if status == "up":
+            change = functools.partial(state.spool.up, service, port=entry_port)
+        else:
+            change = functools.partial(state.spool.down, service, reason=self.get_body_argument("reason", ""),
+                                       expiration=expiration, port=entry_port, creation=creation,
+                                       state=STATE_DRAIN if status == "drain" else STATE_DOWN)
         try:
-            if status == "up":
-                state.spool.up(service, port=entry_port)
-            else:
-                state.spool.down(service, reason=self.get_body_argument("reason", ""),
-                                 expiration=expiration, port=entry_port, creation=creation,
-                                 state=STATE_DRAIN if status == "drain" else STATE_DOWN)
+            await asyncio.wrap_future(state.spool_writer.submit(change))
         except SpoolError as err:
             log.error("remote spool change failed: %s", err)
             self.answer(500, f"{err}\n")
@@ -389,8 +387,6 @@ class CheckHandler(PathHandler):
             return
         # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
         found = self._downtime(service, target) if state.spool_on_http else None
-        if found is UNREADABLE:
-            return
         if found is not None and not found[1].is_drain:
             self._answer_and_record(service, 503, down_message(*found, self.state.config.max_reason_chars))
             return
@@ -436,7 +432,7 @@ class CheckHandler(PathHandler):
             nonlocal started
             started = True
             # Built only when the check runs: a shared or cached result needs no context.
-            context = check_context(protocol, config, state.resources, service, query_string, headers)
+            context = check_context(protocol, config, state.resources, service, query_string, headers, client_ip)
             check = in_flight.bounded_per_target(protocol.check) if counted else protocol.check
             checked = run_check(check, target, query if protocol.uses_query else "", context)
             timed = state.metrics.time_check(self.protocol, service, checked)
@@ -482,7 +478,14 @@ class StatusHandler(BaseHandler):
             "requests_in_flight": state.requests_in_flight,
             "version": state.version,
             "pid": os.getpid(),
+            "spool": spool_status(state.spool),
         })
+
+
+def spool_status(spool) -> dict:
+    """/status's ``spool``: the root, whether downtimes can be read from it, and why not."""
+    problem = spool.unreadable_reason()
+    return {"root": spool.root, "readable": problem is None, "problem": problem}
 
 
 class MetricsHandler(BaseHandler):

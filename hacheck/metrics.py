@@ -101,7 +101,9 @@ def downtime_state(entry: SpoolEntry) -> str:
 
 
 class DowntimeCollector:
-    """``hacheck_downtimes``: active downtimes by kind and state, read from the spool at scrape time."""
+    """``hacheck_spool_readable`` and ``hacheck_downtimes`` (active downtimes by kind and state), from
+    the spool: every worker reads the same directory, so any of them can answer. The downtime files
+    are read again only when the directory changed."""
 
     def __init__(self, spool: Spool):
         self.spool = spool
@@ -109,8 +111,12 @@ class DowntimeCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
+        yield GaugeMetricFamily("hacheck_spool_readable",
+                                "1 when downtimes can be read from the spool directory; 0 when it cannot be "
+                                "read and every check is answered as if nothing were down.",
+                                value=0 if self.spool.unreadable_reason() else 1)
         try:
-            entries = self.spool.entries()
+            entries = self.spool.entries_for_count()
         except SpoolError as err:
             log.warning("metrics: %s", err)
             return

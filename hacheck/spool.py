@@ -9,6 +9,7 @@ HTTP or Tornado; it never deletes a file while reading (a reader that removed
 an expired downtime could race an operator renewing it).
 """
 
+import concurrent.futures
 import datetime
 import errno
 import functools
@@ -20,7 +21,7 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import FrozenSet, Iterator, List, Optional, Tuple
+from typing import Callable, FrozenSet, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from hacheck.names import InvalidName, parse_port
 
@@ -39,6 +40,10 @@ _CUT_MARK = "..."
 
 # Temporary files of atomic writes start with this, and listings skip them.
 _TEMP_PREFIX = ".#hacheck-tmp."
+
+# fsync errors that mean "this file system cannot sync a directory" (it then
+# has nothing to make durable that way), not that the sync failed.
+_NO_DIRECTORY_FSYNC = (errno.EINVAL, errno.ENOTSUP)
 
 # What a downtime does: "down" cuts the service off; "drain" lets established
 # connections finish but takes no new ones. Files without a state are "down",
@@ -267,22 +272,64 @@ class _Listing:
         Every later creation, removal or rename in the directory changes its
         mtime and ctime to a later tick, so an unchanged stat means unchanged names.
         """
-        last_change_ns = max(status.st_mtime_ns, status.st_ctime_ns)
-        if time.time_ns() - last_change_ns < LISTING_SETTLE_SECONDS * 1e9:
+        if not _settled(status):
             return None
         return cls(cls.identity_of(status), names, time.monotonic() + LISTING_MAX_AGE_SECONDS)
+
+
+def _settled(status: os.stat_result) -> bool:
+    """Whether the directory last changed long enough ago for its stat to stand for its content."""
+    last_change_ns = max(status.st_mtime_ns, status.st_ctime_ns)
+    return time.time_ns() - last_change_ns >= LISTING_SETTLE_SECONDS * 1e9
+
+
+# /metrics reads every file again at most this long after the last read even when
+# the directory's stat did not change: a file rewritten in place (older tools did
+# that) changes no stat of the directory.
+ENTRIES_MAX_AGE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _EntriesSnapshot:
+    """Every downtime in the spool root, expired ones too, with the directory stat they were read under."""
+
+    identity: Tuple[int, int, int, int]
+    entries: Tuple[SpoolEntry, ...]
+    expires_at: float  # time.monotonic()
+
+    def current(self, status: os.stat_result) -> bool:
+        return time.monotonic() < self.expires_at and self.identity == _Listing.identity_of(status)
 
 
 @functools.lru_cache(maxsize=4096)
 def _candidates(service: str, port: Optional[int], host: Optional[str]) -> Tuple[Tuple[str, str], ...]:
     """(name, file name) of the entries that can keep ``service`` down, in the order they are looked at.
 
+    The one place the lookup order is declared: ``all``, the service, the service on
+    the port, then on the host and port. A check that names a host (X-Nerve-Check-IP,
+    send-state's ``address=``) is still reached by a per-port downtime: nerve-tools'
+    updown writes ``hadown -P <port> <service>`` without a host. The broadest entry is
+    looked at first, as the originals did, so the one named in an answer stays theirs.
     Remembered: HAProxy asks about the same few services over and over.
     """
     candidates = [(ALL, None, None), (service, None, None)]
     if port is not None:
-        candidates.append((service, port, host))
+        candidates.append((service, port, None))
+        if host not in (None, "", LOCALHOST):
+            candidates.append((service, port, host))
     return tuple((name, spool_filename(name, entry_port, entry_host)) for name, entry_port, entry_host in candidates)
+
+
+# The kind of the throttled ERROR line for a spool root that cannot be read (HTTP checks and the agent alike).
+UNREADABLE_WARNING = "spool unreadable"
+
+
+def report_unreadable(warnings, err: SpoolError) -> None:
+    """Log, at most once per ``log_repeat_interval`` (``warnings`` is the daemon's ThrottledLog), that
+    the root cannot be read and that answers go on as if nothing were down, as the originals did:
+    an unreadable root is usually a packaging or permission mistake made on every host at once."""
+    warnings.error(UNREADABLE_WARNING, "%s: downtimes are ignored, every check and agent request is answered "
+                   "as if nothing were down (/status spool.readable, /metrics hacheck_spool_readable)", err)
 
 
 class Spool:
@@ -291,6 +338,7 @@ class Spool:
     def __init__(self, root: str = DEFAULT_SPOOL_ROOT):
         self.root = root
         self._listing: Optional[_Listing] = None
+        self._entries_snapshot: Optional[_EntriesSnapshot] = None
 
     def ensure_root(self, mode: int = 0o750) -> None:
         """Create the root when missing; raise SpoolError naming it when that fails."""
@@ -323,6 +371,20 @@ class Spool:
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise SpoolError(f"spool directory {self.root} is not readable")
         return True
+
+    def unreadable_reason(self) -> Optional[str]:
+        """Why downtimes cannot be looked up in the root (as SpoolError says it), or None when they can.
+
+        A missing root can be: nothing is down. Looks the way a lookup does (a name
+        in the root), so it agrees with ``find_downtime`` whoever runs it, root included.
+        """
+        try:
+            os.lstat(os.path.join(self.root, ALL))
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            return f"cannot read spool directory {self.root}: {err.strerror}"
+        return None
 
     def path(self, service: str, port: Optional[int] = None, host: Optional[str] = None) -> str:
         return os.path.join(self.root, spool_filename(service, port, host))
@@ -381,9 +443,11 @@ class Spool:
                       now: Optional[float] = None) -> Optional[Tuple[str, Downtime]]:
         """The first downtime that keeps ``service`` (on ``host``:``port``) down.
 
-        Looks at ``all``, then the service, then the service on that port (and
-        host). Returns (name of the entry that matched, downtime), or None when up.
-        A downtime that cuts wins over one that drains, wherever each is found.
+        Looks at ``all``, then the service, then the service on that port, then on
+        that host and port (see ``_candidates``). Returns (name of the entry that
+        matched, downtime), or None when up. A downtime that cuts wins over one that
+        drains, wherever each is found. SpoolError when the root cannot be read:
+        what that means for an answer is the caller's choice (see ``report_unreadable``).
         """
         now = time.time() if now is None else now
         present = self._names_present()
@@ -457,7 +521,27 @@ class Spool:
             raise SpoolError(f"cannot remove {path}: it is a directory") from err
         except OSError as err:
             raise SpoolError(f"cannot remove {path}: {err.strerror}") from err
+        self._sync_root(f"removed {path}")
         return True
+
+    def _sync_root(self, done: str) -> None:
+        """fsync the spool root, so the rename or unlink just made in it survives a power loss.
+
+        A file's own fsync makes its content durable, not its name: until the
+        directory is synced, a crash can bring back a removed downtime or lose
+        a new one. ``done`` says what was done, for the error.
+        """
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise SpoolError(f"{done}, but cannot open {self.root} to make it durable: {err.strerror}") from err
+        try:
+            os.fsync(fd)
+        except OSError as err:
+            if err.errno not in _NO_DIRECTORY_FSYNC:
+                raise SpoolError(f"{done}, but cannot make it durable: fsync {self.root}: {err.strerror}") from err
+        finally:
+            os.close(fd)
 
     def _write_atomically(self, path: str, content: bytes) -> None:
         """Write to a temporary file in the same directory, then rename over the target."""
@@ -478,11 +562,36 @@ class Spool:
             except OSError:
                 pass
             raise SpoolError(f"cannot write {path}: {err.strerror}") from err
+        self._sync_root(f"wrote {path}")
 
     def entries(self, now: Optional[float] = None, include_expired: bool = False) -> List[SpoolEntry]:
         """Every downtime in the spool, sorted by file name."""
         now = time.time() if now is None else now
         return sorted(self._iter_entries(now, include_expired), key=lambda entry: entry.filename)
+
+    def entries_for_count(self, now: Optional[float] = None) -> List[SpoolEntry]:
+        """The active downtimes, unsorted, reading the files again only when the directory changed.
+
+        For ``/metrics``, scraped often: with thousands of downtimes, reading
+        every file per scrape would hold the event loop. Expired downtimes stay
+        in the snapshot and are left out here, since expiring changes no stat.
+        """
+        now = time.time() if now is None else now
+        try:
+            status = os.stat(self.root)
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise SpoolError(f"cannot read spool directory {self.root}: {err.strerror}") from err
+        snapshot = self._entries_snapshot
+        if snapshot is not None and snapshot.current(status):
+            entries: Iterable[SpoolEntry] = snapshot.entries
+        else:
+            entries = tuple(self._iter_entries(now, include_expired=True))
+            self._entries_snapshot = _EntriesSnapshot(
+                _Listing.identity_of(status), entries, time.monotonic() + ENTRIES_MAX_AGE_SECONDS,
+            ) if _settled(status) else None
+        return [entry for entry in entries if not entry.downtime.is_expired(now)]
 
     def _iter_entries(self, now: float, include_expired: bool) -> Iterator[SpoolEntry]:
         try:
@@ -499,3 +608,28 @@ class Spool:
                 continue
             service, host, port = parse_filename(name)
             yield SpoolEntry(service=service, host=host, port=port, downtime=downtime)
+
+
+Changed = TypeVar("Changed")
+
+
+class SpoolWriter:
+    """Runs the daemon's spool changes on a thread of their own, one after another in the order they came.
+
+    A change fsyncs the file and the directory, which takes as long as the disk
+    does; on the event loop it would hold every other check for that long.
+    """
+
+    def __init__(self) -> None:
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    def submit(self, change: Callable[[], Changed]) -> "concurrent.futures.Future[Changed]":
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-write")
+        return self._executor.submit(change)
+
+    def close(self) -> None:
+        """Wait for the changes already submitted: a stop must not lose a downtime it acknowledged."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

@@ -440,12 +440,17 @@ def test_spool_root_that_cannot_be_used(tools, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     bad_root = str(blocker / "spool")
-    for tool, args in [("hadown", ["-r", "x", "web"]), ("haup", ["web"]), ("hastatus", ["web"]),
-                       ("hashowdowned", [])]:
+    for tool, args in [("hadown", ["-r", "x", "web"]), ("haup", ["web"]), ("hashowdowned", [])]:
         result = subprocess.run(tool_argv(tool) + ["--spool-root", bad_root] + args, env=tools.env(),
                                 capture_output=True, text=True, timeout=60)
         assert_one_error_line(result, 1, bad_root)
         assert result.stdout == ""
+    # hastatus: neither up (0) nor down (1); the lines say what the daemon answers then (no downtime).
+    result = subprocess.run(tool_argv("hastatus") + ["--spool-root", bad_root, "web"], env=tools.env(),
+                            capture_output=True, text=True, timeout=60)
+    assert_one_error_line(result, 3, f"cannot read spool directory {bad_root}: Not a directory",
+                          "hacheck answers every check as if nothing were down")
+    assert result.stdout == "UP\tweb\n"
     result = subprocess.run(tool_argv("hadown") + ["--spool-root", str(blocker), "-r", "x", "web"],
                             env=tools.env(), capture_output=True, text=True, timeout=60)
     assert_one_error_line(result, 1, str(blocker), "not a directory")

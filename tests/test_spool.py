@@ -225,7 +225,10 @@ def test_per_port_downtime(spool):
     assert spool.find_downtime("web", 80, "127.0.0.1", now=NOW) is not None
     assert spool.find_downtime("web", 81, now=NOW) is None
     assert spool.find_downtime("web", now=NOW) is None
-    assert spool.find_downtime("web", 80, "10.0.0.1", now=NOW) is None
+    # A check that names a host (nerve's X-Nerve-Check-IP) on that port is down too: nerve-tools'
+    # updown writes `hadown -P <port> <service>` without a host.
+    assert spool.find_downtime("web", 80, "10.0.0.1", now=NOW) == ("web", spool.read("web", 80))
+    assert spool.find_downtime("web", 81, "10.0.0.1", now=NOW) is None
     assert spool.up("web", port=80) is True
 
 
@@ -236,6 +239,23 @@ def test_per_host_downtime(spool):
     assert spool.find_downtime("web", 80, now=NOW) is None
     assert spool.find_downtime("web", 80, "10.0.0.2", now=NOW) is None
     assert spool.up("web", port=80, host="10.0.0.1") is True
+
+
+def test_lookup_order_all_service_port_host(spool):
+    """The broadest downtime is named, as the originals named it; a cut still wins over a drain."""
+    for name, port, host in [("web", 80, "10.0.0.1"), ("web", 80, None), ("web", None, None), ("all", None, None)]:
+        spool.down(name, reason=spool_filename(name, port, host), port=port, host=host, now=NOW)
+        assert spool.find_downtime("web", 80, "10.0.0.1", now=NOW)[1].reason == spool_filename(name, port, host)
+    spool.down("all", reason="all", state="drain", now=NOW)
+    assert spool.find_downtime("web", 80, "10.0.0.1", now=NOW)[1].reason == "web"
+
+
+def test_unreadable_reason(tmp_path, spool):
+    assert spool.unreadable_reason() is None
+    assert Spool(str(tmp_path / "missing")).unreadable_reason() is None
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert Spool(str(blocker)).unreadable_reason() == f"cannot read spool directory {blocker}: Not a directory"
 
 
 def _put_down_on_the_port(spool, round_number):
@@ -434,3 +454,17 @@ def test_parse_filename_never_raises(name):
     service, host, port = parse_filename(name)
     assert isinstance(service, str)
     assert port is None or 0 <= port <= 65535
+
+
+def test_counted_entries_follow_the_spool_without_rereading_unchanged_files(spool):
+    """What /metrics counts: new and removed downtimes at once, expired ones left out as time passes."""
+    now = time.time()
+    spool.down("web", reason="deploy", expiration=now + 60)
+    spool.down("db", reason="disk")
+    old = now - 10
+    os.utime(spool.root, (old, old))  # the directory's stamp old enough to be trusted
+    counted = sorted(entry.service for entry in spool.entries_for_count(now=now))
+    assert counted == ["db", "web"]
+    assert sorted(entry.service for entry in spool.entries_for_count(now=now + 61)) == ["db"]
+    spool.up("db")
+    assert [entry.service for entry in spool.entries_for_count(now=now)] == ["web"]

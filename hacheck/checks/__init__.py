@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
 from hacheck.checks import haproxy, http, https, mysql, postgresql, redis, redis_info, smtp, tcp
-from hacheck.checks.base import CheckContext, CheckFunction, CheckResult, SharedResources, Target, run_check
+from hacheck.checks.base import (
+    CheckContext,
+    CheckFunction,
+    CheckProgress,
+    CheckResult,
+    SharedResources,
+    Target,
+    run_check,
+)
 from hacheck.config import Config
 
 
@@ -68,13 +76,16 @@ def check_key(name: str, protocol: Protocol, config: Config, target: Target, ser
 
 
 def check_context(protocol: Protocol, config: Config, resources: SharedResources, service: str,
-                  query_string: str, headers: Optional[Mapping[str, str]]) -> CheckContext:
+                  query_string: str, headers: Optional[Mapping[str, str]],
+                  client: Optional[str] = None) -> CheckContext:
     """What the check sees of the request: only what ``check_key`` holds (the service name is
-    always there, for messages and logs; a check that answers by it declares ``uses_service``)."""
+    always there, for messages and logs; a check that answers by it declares ``uses_service``).
+    ``client``, whose request starts the check, shares out hacheck's slots; the check never sees it."""
     return CheckContext(
         service=service, config=config, resources=resources,
         query_string=query_string if protocol.uses_query_string else "",
         headers=headers if protocol.sends_headers else {},
+        progress=CheckProgress(client),
     )
 
 

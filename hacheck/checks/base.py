@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import itertools
 import logging
 import socket
 import ssl
@@ -96,19 +97,25 @@ class CheckProgress:
     When the timeout comes while a check still waits for a slot, the service was
     never asked; when it comes after the check waited, the service had less than
     the timeout to answer. Neither answer may pass for the service's verdict.
+    ``client`` is the address whose request started the check: slots are shared
+    out between clients by it.
     """
 
-    __slots__ = ("waiting_for", "waited_for", "waited")
+    __slots__ = ("waiting_for", "waited_for", "waited", "client")
 
-    def __init__(self) -> None:
+    def __init__(self, client: Optional[str] = None) -> None:
         self.waiting_for: Optional[str] = None
         self.waited_for: Optional[str] = None
         self.waited = 0.0
+        self.client = client
 
 
 class Slots:
-    """At most ``limit()`` holders at once, served first come first served.
+    """At most ``limit()`` holders at once; a freed slot goes to the waiting client holding the fewest.
 
+    Among waiters of clients that hold as many, the first come is served first.
+    Without that, one address sending many checks to a slow service would queue
+    ahead of everyone and keep another client's check waiting past its timeout.
     The limit is read at each acquisition, so a changed configuration applies
     to the next check. ``waiting`` is shown in ``/status``.
     """
@@ -116,30 +123,38 @@ class Slots:
     def __init__(self, limit: Callable[[], int]):
         self._limit = limit
         self.in_use = 0
-        self._waiters: Deque[asyncio.Future] = deque()
+        self._held: Dict[Hashable, int] = {}  # client -> slots it holds
+        # client -> its waiters, oldest first, each with its arrival number
+        self._waiters: Dict[Hashable, Deque[Tuple[int, asyncio.Future]]] = {}
+        self._arrivals = itertools.count()
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(len(waiters) for waiters in self._waiters.values())
 
     @property
     def idle(self) -> bool:
         return self.in_use == 0 and not self._waiters
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, client: Hashable = None) -> bool:
         """Take a slot if one is free now, without waiting."""
         if self.in_use < self._limit() and not self._waiters:
-            self.in_use += 1
+            self._take(client)
             return True
         return False
 
+    def _take(self, client: Hashable) -> None:
+        self.in_use += 1
+        self._held[client] = self._held.get(client, 0) + 1
+
     async def acquire(self, progress: Optional[CheckProgress] = None, what: str = "") -> None:
         """Wait for a slot; meanwhile ``progress`` says the check waits for ``what``."""
-        if self.try_acquire():
+        client = None if progress is None else progress.client
+        if self.try_acquire(client):
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self._waiters.append(waiter)
+        self._waiters.setdefault(client, deque()).append((next(self._arrivals), waiter))
         started = loop.time()
         if progress is not None:
             progress.waiting_for = what
@@ -147,21 +162,41 @@ class Slots:
             await waiter  # release() counted this holder in before waking it
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.release()  # woken and cancelled at once: pass the slot on
-            elif waiter in self._waiters:  # release() may have dropped it already
-                self._waiters.remove(waiter)
+                self.release(client)  # woken and cancelled at once: pass the slot on
+            else:
+                self._forget_waiter(client, waiter)
             raise
         if progress is not None:
             progress.waiting_for = None
             progress.waited_for = what
             progress.waited += loop.time() - started
 
-    def release(self) -> None:
+    def _forget_waiter(self, client: Hashable, waiter: asyncio.Future) -> None:
+        waiters = self._waiters.get(client)
+        if waiters is None:
+            return  # release() took it already
+        for entry in waiters:
+            if entry[1] is waiter:
+                waiters.remove(entry)
+                break
+        if not waiters:
+            del self._waiters[client]
+
+    def release(self, client: Hashable = None) -> None:
         self.in_use -= 1
+        held = self._held[client] - 1
+        if held:
+            self._held[client] = held
+        else:
+            del self._held[client]
         while self._waiters and self.in_use < self._limit():
-            waiter = self._waiters.popleft()
+            chosen = min(self._waiters, key=lambda waiting: (self._held.get(waiting, 0), self._waiters[waiting][0][0]))
+            waiters = self._waiters[chosen]
+            _, waiter = waiters.popleft()
+            if not waiters:
+                del self._waiters[chosen]
             if not waiter.done():
-                self.in_use += 1
+                self._take(chosen)
                 waiter.set_result(None)
 
     @contextlib.asynccontextmanager
@@ -171,7 +206,7 @@ class Slots:
         try:
             yield
         finally:
-            self.release()
+            self.release(None if progress is None else progress.client)
 
 
 class KeyedSlots:
@@ -208,9 +243,10 @@ class KeyedSlots:
             self._forget_if_idle(key, slots)
             raise
 
-    def release(self, key: Hashable) -> None:
+    def release(self, key: Hashable, client: Hashable = None) -> None:
+        """Free the slot of ``key`` that ``client`` (the progress's client at acquisition) held."""
         slots = self._slots[key]
-        slots.release()
+        slots.release(client)
         self._forget_if_idle(key, slots)
 
     @contextlib.asynccontextmanager
@@ -219,7 +255,7 @@ class KeyedSlots:
         try:
             yield
         finally:
-            self.release(key)
+            self.release(key, None if progress is None else progress.client)
 
     def _forget_if_idle(self, key: Hashable, slots: Slots) -> None:
         if slots.idle and self._slots.get(key) is slots:
@@ -288,9 +324,9 @@ class SharedResources:
         try:
             pending = self.http_client.fetch(request, raise_error=False)
         except BaseException:
-            slots.release()
+            slots.release(None if progress is None else progress.client)
             raise
-        pending.add_done_callback(_release_and_collect(slots))
+        pending.add_done_callback(_release_and_collect(slots, None if progress is None else progress.client))
         return pending
 
     async def run_blocking(self, func: Callable[..., Any], *args: Any, timeout: float,
@@ -342,11 +378,11 @@ class SharedResources:
             self._executor = None
 
 
-def _release_and_collect(slots: Slots) -> Callable[["asyncio.Future"], None]:
-    """A fetch's done callback: free its slot, and collect an outcome nobody awaits any more
+def _release_and_collect(slots: Slots, client: Optional[str]) -> Callable[["asyncio.Future"], None]:
+    """A fetch's done callback: free ``client``'s slot, and collect an outcome nobody awaits any more
     (its check was cancelled at the timeout), so it is not logged as an error."""
     def done(pending: "asyncio.Future") -> None:
-        slots.release()
+        slots.release(client)
         if not pending.cancelled():
             pending.exception()
     return done

@@ -118,7 +118,11 @@ class CountingListener:
             except OSError:  # timeout: look at the stop flag again
                 continue
             self.connections += 1
-            connection.close()
+            self.handle(connection)
+
+    def handle(self, connection) -> None:
+        """What is done with an accepted connection: here, close it at once."""
+        connection.close()
 
     def count(self, expected: int, timeout: float = 5.0) -> int:
         """The number of connections once it reaches ``expected`` or ``timeout`` passes.

@@ -84,6 +84,20 @@ def test_oversized_requests_get_a_one_line_answer_and_haproxy_requests_pass(hach
     assert status == 503 and body.startswith("Service web in down state since ") and body.endswith(": deploy")
 
 
+def test_a_head_tornado_refuses_answers_400_with_its_reason_and_a_missing_host_is_served(hacheck_daemon):
+    import tornado
+
+    port = hacheck_daemon().port
+    # HTTP/1.1 without Host (HAProxy's `option httpchk GET /path HTTP/1.1`): served on every Tornado.
+    assert status_and_body(exchange(port, b"GET /spool/web/80 HTTP/1.1\r\nConnection: close\r\n\r\n")[0]) == (200, "")
+    two_hosts = b"GET /spool/web/80 HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"
+    answer = exchange(port, two_hosts)[0]
+    if tornado.version_info >= (6, 5):
+        assert_one_line_answer(answer, 400, "Bad request: Multiple host headers not allowed: 'a,b'")
+    else:  # Tornado 6.2 takes the first
+        assert status_and_body(answer) == (200, "")
+
+
 # --- times --------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """A real HAProxy driven by hacheck's agent-check port and by draining downtimes (issue 8).
 
 HAProxy checks every 200ms; its view of each server is read from its stats
-socket (``show stat``) until a deadline, with the helpers of test_haproxy.py.
+socket (``show stat``) until a deadline, with the helpers of haproxy_support.py.
 """
 
 import contextlib
@@ -11,8 +11,8 @@ import threading
 import time
 
 from tests.conftest import unused_port
+from tests.e2e.haproxy_support import DEADLINE, run_haproxy
 from tests.e2e.support import operator_tool, threaded_upstream
-from tests.e2e.test_haproxy import DEADLINE, run_haproxy
 
 
 def wait_for_agent(lb, backend, server, status):

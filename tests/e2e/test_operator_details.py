@@ -1,8 +1,7 @@
 """End to end: what an operator sees for the small things (issue 16) through the real daemon and tools.
 
 One daemon (remote spool changes on, an agent port) serves most tests; the
-ones that need another start (-B twice, mutornadomon's dependency missing, the
-spool root replaced) start their own.
+ones that need another start (-B twice, mutornadomon's dependency missing) start their own.
 """
 
 import json
@@ -149,25 +148,7 @@ def test_agent_requests_are_counted_like_http_checks(daemon):
     assert requests[(("code", "400"), ("protocol", "agent"))] >= 1
 
 
-# ---------------------------------------------------------------- 6: the spool root unreadable
-
-def test_unreadable_spool_root_is_503_saying_so_and_logged_once(tmp_path):
-    agent_port = unused_port()
-    daemon = start_hacheck(tmp_path, args=["-A", str(agent_port)])
-    try:
-        assert daemon.get("/spool/web/80")[0] == 200
-        os.rename(daemon.spool_root, daemon.spool_root + ".moved")
-        with open(daemon.spool_root, "w"):  # a file where the directory was
-            pass
-        problem = f"cannot read spool directory {daemon.spool_root}: Not a directory"
-        for _ in range(3):
-            assert daemon.get("/spool/web/80")[:2] == (503, f"Cannot tell whether web is down: {problem}\n")
-        assert ask_agent(agent_port, b"web\n") == f"maint #hacheck: {problem}\n".encode()
-    finally:
-        daemon.stop()
-    log = daemon.output()
-    assert log.count(f"{problem}: every check answers 503") == 1, log
-    assert "Service all" not in log
+# 6 (the spool root unreadable): tests/e2e/test_unreadable_spool.py
 
 
 # ---------------------------------------------------------------- 7, 10, 4: -B twice, _created, mutornadomon

@@ -11,8 +11,7 @@ test naming both.
 
 A case we deliberately answer differently is marked ``xfail(strict=True)`` with the
 docs/compatibility.md section that explains it (see ``support.deliberate``), so it
-cannot start passing unnoticed. Cases that depend on the spool branch being merged
-are marked ``support.PENDING_SPOOL``.
+cannot start passing unnoticed.
 
 Not ported: cases that test internals with no black-box equivalent.
 

@@ -15,11 +15,6 @@ from tests.conftest import REPO_ROOT, tool_argv, tool_env, unused_port
 
 COMPATIBILITY = REPO_ROOT / "docs" / "compatibility.md"
 
-# Cases that need the spool branch (an unreadable spool directory answered as "no downtime",
-# per-port downtimes reaching checks that name a host); the lead removes the marker at merge.
-PENDING_SPOOL = pytest.mark.xfail(strict=True, reason="pending merge of i21-spool")
-
-
 def _anchors(markdown: str) -> set:
     """GitHub's anchors for the headings of a Markdown text."""
     return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")

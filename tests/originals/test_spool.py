@@ -10,7 +10,7 @@ import os
 import time
 
 from tests.conftest import http_request
-from tests.originals.support import ORIGINALS_DISAGREE, PENDING_SPOOL, Tools, deliberate
+from tests.originals.support import ORIGINALS_DISAGREE, Tools, deliberate
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -271,7 +271,6 @@ def test_repeated_downs_with_creation_arg_changes_creation_time(tools, module_da
     tools.ok("haup", "created_arg")
 
 
-@PENDING_SPOOL
 def test_unreadable_spool_directory_is_no_downtime(hacheck_daemon):
     """Yelp/hacheck/tests/test_spool.py::test_basic and uber/hacheck/tests/test_spool.py::test_basic
     rest on the originals' spool reading an entry it cannot open (IOError) as up: a spool
@@ -284,7 +283,6 @@ def test_unreadable_spool_directory_is_no_downtime(hacheck_daemon):
     assert http_request(daemon.port, "/spool/web/1/status")[0] == 200
 
 
-@PENDING_SPOOL
 def test_port_downtime_reaches_a_check_naming_a_host(tools, module_daemon):
     """Yelp/hacheck/tests/test_spool.py::test_basic's per-host lookups, as nerve runs them: nerve-tools
     writes ``hadown -P <port> <svc>`` while nerve's checks carry X-Nerve-Check-IP. The originals
