@@ -46,6 +46,7 @@ ROOT_PACKAGES = ("systemd-sysv", "dbus", "procps", "iproute2", "adduser", "logro
                  "python3", "python3-tornado", "python3-yaml", "python3-pymysql", "python3-redis",
                  "python3-asyncpg", "python3-prometheus-client")
 DEBOOTSTRAP_TIMEOUT = 900
+ROOT_MODE = 0o755  # of the container's `/`, as on any installed system
 CONTAINER_LIFETIME = 1800  # `timeout` ends the container even if this process dies
 BOOT_TIMEOUT = 120
 COMMAND_TIMEOUT = 180
@@ -137,16 +138,20 @@ def debian_mirror() -> Optional[str]:
 
 
 def cached_root() -> Path:
-    """The debootstrapped bookworm root for these packages, made on first use."""
+    """The debootstrapped bookworm root for these packages, made on first use (an old one's mode mended)."""
     key = hashlib.sha256(" ".join((SUITE, *sorted(ROOT_PACKAGES))).encode()).hexdigest()[:12]
     root = CACHE / f"{SUITE}-{key}"
     if (root / "sbin" / "init").exists():
+        mend_root_mode(root)
         return root
     mirror = debian_mirror()
     if mirror is None:
         unavailable(f"no Debian {SUITE} source in /etc/apt to debootstrap from")
     CACHE.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=CACHE))
+    # mkdtemp makes it 0700, and it becomes the container's `/`: dbus-daemon (user
+    # messagebus) could not read its configuration, and the boot would never finish.
+    partial.chmod(ROOT_MODE)
     result = run_host(["debootstrap", "--variant=minbase", "--include=" + ",".join(ROOT_PACKAGES),
                        SUITE, str(partial), mirror], timeout=DEBOOTSTRAP_TIMEOUT)
     if result.returncode != 0:
@@ -156,6 +161,15 @@ def cached_root() -> Path:
     shutil.rmtree(partial / "var" / "cache" / "apt" / "archives", ignore_errors=True)
     partial.rename(root)
     return root
+
+
+def mend_root_mode(root: Path) -> None:
+    """Make ``root`` (a container's `/`) mode 0755; roots cached by older versions of this test are 0700."""
+    mode = root.stat().st_mode & 0o7777
+    if mode != ROOT_MODE:
+        sys.__stderr__.write(f"\n{root}: mode {mode:04o}, mended to {ROOT_MODE:04o} "
+                             "(the container's / must be readable by all)\n")
+        root.chmod(ROOT_MODE)
 
 
 def build_packages(out: Path) -> Dict[str, Path]:
@@ -251,9 +265,25 @@ class Container:
                 if state in ("running", "degraded"):
                     return
             time.sleep(0.5)
+        waiting = self.boot_diagnosis() if self.init_pid and self.process.poll() is None else ""
         tail = (self.work / "nspawn.log").read_text(errors="replace")[-1500:]
         self.stop()
-        unavailable(f"systemd-nspawn could not boot {SUITE} (state {state!r}): {tail}")
+        unavailable(f"systemd-nspawn could not boot {SUITE} (state {state!r}):\n{waiting}"
+                    f"== console (last 1500 characters):\n{tail}")
+
+    def boot_diagnosis(self) -> str:
+        """What a boot that does not finish waits for: systemd's jobs, the failed units and their logs."""
+        commands = ("systemctl list-jobs --no-pager", "systemctl --failed --no-pager",
+                    "journalctl -b --no-pager -q -p warning -n 30 -o short-monotonic")
+        parts = []
+        for command in commands:
+            try:
+                result = self.run(command, check=False, timeout=30)
+                output = (result.stdout + result.stderr).strip()
+            except subprocess.TimeoutExpired:
+                output = "(no answer within 30 s)"
+            parts.append(f"== {command}:\n{output[-2500:]}\n")
+        return "".join(parts)
 
     def run(self, command: str, check: bool = True, timeout: float = COMMAND_TIMEOUT,
             input: Optional[str] = None) -> subprocess.CompletedProcess:
