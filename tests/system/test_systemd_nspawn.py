@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -53,6 +54,7 @@ COMMAND_TIMEOUT = 180
 HACHECK_PORT = 3333
 UPSTREAM_PORT = 8080
 HAPROXY_STATS_PORT = 8404
+AGENT_PORT = 3334  # the port docs/debian.md's drop-in names
 LOAD_PATHS = ("/spool/web/8080/", f"/http/web/{UPSTREAM_PORT}/")
 RESTARTS = 5
 RESTART_INTERVAL = 2.5
@@ -77,6 +79,8 @@ Restart=always
 [Install]
 WantedBy=multi-user.target
 """
+AGENT_SERVER = (f"server agent1 127.0.0.1:{UPSTREAM_PORT} check port {HACHECK_PORT} inter 300ms fall 1 rise 1 "
+                f'agent-check agent-port {AGENT_PORT} agent-send "agentsvc/{UPSTREAM_PORT}\\n" agent-inter 300ms')
 HAPROXY_CFG = f"""\
 global
     stats socket /run/haproxy/admin.sock mode 660 level admin
@@ -102,6 +106,11 @@ frontend web
 backend web
     option httpchk GET /http/web/{UPSTREAM_PORT}/
     server web1 127.0.0.1:{UPSTREAM_PORT} check port {HACHECK_PORT} inter 100ms fall 1 rise 1
+
+# What an agent-check site configures (docs/haproxy.md); its agent port opens with the drop-in.
+backend agent
+    option httpchk GET /http/agentsvc/{UPSTREAM_PORT}/
+    {AGENT_SERVER}
 """
 
 
@@ -167,8 +176,9 @@ def mend_root_mode(root: Path) -> None:
     """Make ``root`` (a container's `/`) mode 0755; roots cached by older versions of this test are 0700."""
     mode = root.stat().st_mode & 0o7777
     if mode != ROOT_MODE:
-        sys.__stderr__.write(f"\n{root}: mode {mode:04o}, mended to {ROOT_MODE:04o} "
-                             "(the container's / must be readable by all)\n")
+        # A warning, so that the run's summary shows it.
+        warnings.warn(f"{root}: mode {mode:04o}, mended to {ROOT_MODE:04o} (the container's / must be "
+                      "readable by all; roots cached before this check were made 0700)", stacklevel=2)
         root.chmod(ROOT_MODE)
 
 
@@ -332,15 +342,28 @@ class Container:
             time.sleep(0.2)
         raise AssertionError(f"hacheck did not answer {path} with 200 within {timeout}s")
 
-    def haproxy_server(self) -> Dict[str, str]:
-        """HAProxy's stats row for the server it checks through hacheck."""
+    def haproxy_server(self, backend: str = "web", server: str = "web1") -> Dict[str, str]:
+        """HAProxy's stats row for a server it checks through hacheck (by default the one under load)."""
         csv = self.run(f"curl -sf -m 10 'http://127.0.0.1:{HAPROXY_STATS_PORT}/stats;csv'").stdout.splitlines()
         names = csv[0].lstrip("# ").split(",")
         for line in csv[1:]:
             row = dict(zip(names, line.split(",")))
-            if row.get("pxname") == "web" and row.get("svname") == "web1":
+            if row.get("pxname") == backend and row.get("svname") == server:
                 return row
-        raise AssertionError(f"no web/web1 row in HAProxy's stats:\n{csv}")
+        raise AssertionError(f"no {backend}/{server} row in HAProxy's stats:\n{csv}")
+
+    def wait_haproxy_status(self, backend: str, server: str, status: str, timeout: float = 30) -> None:
+        """Wait until HAProxy shows the server as ``status`` (or ``status (agent)``, set by the agent)."""
+        deadline = time.monotonic() + timeout
+        row = {}
+        while time.monotonic() < deadline:
+            row = self.haproxy_server(backend, server)
+            if row["status"] in (status, f"{status} (agent)"):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"HAProxy shows {backend}/{server} as {row.get('status')!r}, not {status!r}: "
+                             f"check {row.get('check_status')} {row.get('last_chk')!r}, "
+                             f"agent {row.get('agent_status')} {row.get('agent_desc')!r}")
 
     def wait_haproxy_up(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -424,6 +447,33 @@ def box():
             shutil.rmtree(work, ignore_errors=True)
 
 
+def test_install_while_the_port_is_taken_says_so_and_still_installs(box):
+    """README's order: a hacheck started by hand holds 3333 when the package comes."""
+    box.run(f"systemd-run --quiet --unit=ci-port-holder python3 -m http.server {HACHECK_PORT}")
+    holder = int(box.show("ci-port-holder", "MainPID"))
+    deadline = time.monotonic() + 20
+    while not box.run(f"ss -Hltn 'sport = :{HACHECK_PORT}'").stdout.strip():
+        assert time.monotonic() < deadline, f"nothing listens on {HACHECK_PORT}"
+        time.sleep(0.2)
+    result = box.run("apt-get install -y -q /root/ci/current.deb", check=False)
+    output = result.stdout + result.stderr
+    # apt's exit status stays 0: the package is installed and configured, only its socket waits for the port.
+    assert result.returncode == 0, output
+    assert box.run("dpkg-query -W -f '${db:Status-Status}' hacheck").stdout == "installed"
+    assert "hacheck: hacheck.socket could not start, so hacheck is not running:" in output, output
+    assert f"Failed to create listening socket ([::]:{HACHECK_PORT}): Address already in use" in output, output
+    assert f"hacheck: port {HACHECK_PORT} is taken by python3 (pid {holder})" in output, output
+    assert "then: systemctl start hacheck.socket hacheck.service" in output, output
+    assert "Could not execute systemctl" not in output, output
+    assert box.run("systemctl is-active hacheck.socket", check=False).stdout.strip() == "failed"
+    # What the message says to do works.
+    box.run("systemctl stop ci-port-holder && systemctl start hacheck.socket hacheck.service")
+    box.wait_answers()
+    # The next test installs on a machine that never had the package.
+    box.run("apt-get purge -y -q hacheck && systemctl reset-failed")
+    assert box.run("test -e /var/spool/hacheck", check=False).returncode != 0
+
+
 def test_install_enables_and_starts_the_socket_and_the_service(box):
     box.run("apt-get install -y -q /root/ci/current.deb")
     for unit in ("hacheck.socket", "hacheck.service"):
@@ -475,6 +525,12 @@ def probe_reloaded_header(box, header: str, timeout: float = 20) -> None:
     raise AssertionError(f"hacheck's checks do not send {header} within {timeout}s of the reload")
 
 
+# systemd's status of hacheck.service (`Status:` in systemctl status) after a reload and after a refused one.
+RELOADED_STATUS = "reloaded /etc/hacheck/hacheck.yaml: changed service_name_header"
+REFUSED_STATUS = ("reload failed, running configuration kept: /etc/hacheck/hacheck.yaml: key 'cache_time': "
+                  "expected a number of seconds, got 'soon'")
+
+
 def test_reloads_take_effect_without_a_failed_request(box):
     pid = box.main_pid()
 
@@ -487,6 +543,7 @@ def test_reloads_take_effect_without_a_failed_request(box):
     figures = box.under_load(f"{RELOADS} x systemctl reload hacheck (changed valid config, observed)", reloads)
     assert box.main_pid() == pid
     assert (figures["failed"], figures["chkfail"]) == (0, 0), figures
+    assert box.show("hacheck.service", "StatusText") == RELOADED_STATUS
 
 
 def test_reload_with_an_invalid_config_fails_and_keeps_the_running_one(box):
@@ -503,10 +560,16 @@ def test_reload_with_an_invalid_config_fails_and_keeps_the_running_one(box):
     assert box.main_pid() == pid
     probe_reloaded_header(box, f"X-Reload-{RELOADS}")  # the old configuration still holds
     status = box.run("systemctl status --no-pager -n 20 hacheck", check=False).stdout
-    assert re.search(r"cache_time.*hacheck\.yaml|hacheck\.yaml.*cache_time", status), status
+    # The failure, whole, as the service's status: not the last successful reload's.
+    assert f'Status: "{REFUSED_STATUS}"' in status, status
+    assert box.show("hacheck.service", "StatusText") == REFUSED_STATUS
     assert (figures["failed"], figures["chkfail"]) == (0, 0), figures
     box.write("/etc/hacheck/hacheck.yaml", "# all defaults\n")
     box.run("systemctl reload hacheck")
+    deadline = time.monotonic() + 20  # the status follows the daemon's reload, a moment after systemctl returns
+    while box.show("hacheck.service", "StatusText") != RELOADED_STATUS and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert box.show("hacheck.service", "StatusText") == RELOADED_STATUS
 
 
 def test_upgrade_to_a_newer_build_refuses_no_connection(box):
@@ -520,20 +583,41 @@ def test_upgrade_to_a_newer_build_refuses_no_connection(box):
     assert (figures["failed"], figures["chkfail"]) == (0, 0), figures
 
 
-AGENT_PORT = 3334
 AGENT_DROP_IN = "/etc/systemd/system/hacheck.service.d/agent.conf"
 
 
+def documented_agent_drop_in() -> str:
+    """The agent port's drop-in exactly as docs/debian.md shows it (its code block naming the agent socket)."""
+    lines = (REPO / "docs" / "debian.md").read_text().splitlines()
+    start = end = next(n for n, line in enumerate(lines) if line.strip().startswith("Wants=hacheck-agent@"))
+
+    def in_block(n: int) -> bool:  # the list item's code block: indented 6, blank lines inside
+        return 0 <= n < len(lines) and (lines[n].startswith(" " * 6) or not lines[n].strip())
+    while in_block(start - 1):
+        start -= 1
+    while in_block(end + 1):
+        end += 1
+    return "\n".join(line[6:] for line in lines[start:end + 1]).strip() + "\n"
+
+
 def test_an_agent_port_from_the_documented_drop_in(box):
+    drop_in = documented_agent_drop_in()
+    assert f"Wants=hacheck-agent@{AGENT_PORT}.socket" in drop_in and " -S" in drop_in, drop_in
     box.run("mkdir -p /etc/systemd/system/hacheck.service.d")
-    box.write(AGENT_DROP_IN, f"[Unit]\nWants=hacheck-agent@{AGENT_PORT}.socket\n"
-                             f"After=hacheck-agent@{AGENT_PORT}.socket\n")
+    box.write(AGENT_DROP_IN, drop_in)
     box.run("systemctl daemon-reload && systemctl restart hacheck && hadown -r 'agent test' agentsvc")
     assert box.show(f"hacheck-agent@{AGENT_PORT}.socket", "FileDescriptorName") == "agent"
     answer = box.run("python3 -c 'import socket, sys; s = socket.create_connection((\"127.0.0.1\", "
                      f"{AGENT_PORT}), 10); s.sendall(b\"agentsvc\\n\"); print(s.recv(200).decode())'").stdout
     assert answer.startswith("maint #agent test"), answer
-    box.run(f"haup agentsvc && rm -r {AGENT_DROP_IN} /etc/systemd/system/hacheck.service.d "
+    # -S: the HTTP check reports the service only; HAProxy shows what the agent says.
+    assert box.answers([f"/http/agentsvc/{UPSTREAM_PORT}/"])[f"/http/agentsvc/{UPSTREAM_PORT}/"][0] == 200
+    box.wait_haproxy_status("agent", "agent1", "MAINT")
+    box.run("hadown --drain -r 'agent drain' agentsvc")
+    box.wait_haproxy_status("agent", "agent1", "DRAIN")
+    box.run("haup agentsvc")
+    box.wait_haproxy_status("agent", "agent1", "UP")
+    box.run(f"rm -r {AGENT_DROP_IN} /etc/systemd/system/hacheck.service.d "
             f"&& systemctl stop hacheck-agent@{AGENT_PORT}.socket && systemctl daemon-reload "
             "&& systemctl restart hacheck")
 
