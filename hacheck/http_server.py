@@ -81,7 +81,9 @@ def _apply_limits(params: tornado.http1connection.HTTP1ConnectionParameters, lim
     them first, answering where Tornado would close without a word). Changed in place: every
     connection holds this one object and reads it at its next request, as it reads ``limits``."""
     params.max_header_size = limits.max_header_bytes
-    params.header_timeout = limits.idle_timeout + limits.header_timeout
+    # No header timeout of Tornado's: the connections time each head themselves (idle, then
+    # request_header_timeout), and Tornado's would wrap every request's head in a timeout future.
+    params.header_timeout = None
     params.max_body_size = limits.max_body_bytes
     params.body_timeout = limits.body_timeout
 
