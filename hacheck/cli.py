@@ -187,11 +187,13 @@ def _normal_host(host: Optional[str]) -> Optional[str]:
     return None if host in (None, "", LOCALHOST) else host
 
 
-def _label(service: str, port: Optional[int], host: Optional[str]) -> str:
-    """How a line names a downtime: the service, or SERVICE:HOST:PORT when per port."""
+def _label(service: str, port: Optional[int], host: Optional[str], host_as_given: bool = False) -> str:
+    """How a line names a downtime: the service, or SERVICE:HOST:PORT when per port. The host is
+    left out for this machine's own (127.0.0.1), unless ``host_as_given``: hastatus names the
+    entry as its -H named it, as the original did."""
     if port is None:
         return service
-    return f"{service}:{_normal_host(host) or ''}:{port}"
+    return f"{service}:{(host if host_as_given else _normal_host(host)) or ''}:{port}"
 
 
 def _expiration_text(downtime: Downtime) -> str:
@@ -345,7 +347,7 @@ def action_status(prog: str, spool: Spool, options) -> int:
         elif downtime is None:
             _say(f"UP\t{_printable(service)}")
         else:
-            _say(_down_line(_label(service, port, host), downtime))
+            _say(_down_line(_label(service, port, host, host_as_given=True), downtime))
     return exit_code
 
 

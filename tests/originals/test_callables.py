@@ -129,10 +129,12 @@ def test_status_downed_expiration(spool_tools):
     ([], "foo"),
     (["-P", "1234"], "foo::1234"),
     (["-P", "1234", "-H", "10.93.0.1"], "foo:10.93.0.1:1234"),
+    # The -H as given, this machine's own address too (Yelp's print_status printed opts.service_host).
+    (["-P", "1234", "-H", "127.0.0.1"], "foo:127.0.0.1:1234"),
 ])
 def test_print_status(spool_tools, flags, label):
     """Yelp/hacheck/tests/test_callables.py::test_print_status: UP names the service; DOWN names
-    the entry as SERVICE, SERVICE::PORT or SERVICE:HOST:PORT."""
+    the entry as SERVICE, SERVICE::PORT or SERVICE:HOST:PORT, with the host hastatus was given."""
     assert spool_tools.run("hastatus", *flags, "foo").stdout == "UP\tfoo\n"
     spool_tools.ok("hadown", "-r", "somereason", *flags, "foo")
     assert spool_tools.run("hastatus", *flags, "foo").stdout == f"DOWN\tinf\t{label}\tsomereason\n"
