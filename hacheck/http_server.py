@@ -18,6 +18,7 @@ import tornado.http1connection
 import tornado.httpserver
 from tornado.ioloop import IOLoop
 
+from hacheck import private_names
 from hacheck.connections import BoundedRequest, BoundedStream, ConnectionGuard, ConnectionLimits
 from hacheck.throttled_log import ThrottledLog
 
@@ -96,7 +97,7 @@ class HTTPServer(tornado.httpserver.HTTPServer):
 
     def initialize(self, request_callback, limits: ConnectionLimits, warnings: ThrottledLog, **kwargs) -> None:
         super().initialize(request_callback, **kwargs)
-        _apply_limits(self.conn_params, limits)
+        _apply_limits(private_names.connection_parameters(self), limits)
         self.guard = ConnectionGuard(limits, warnings)
         self.listeners: List[Tuple[socket.socket, Callable[[], None]]] = []
 
@@ -143,7 +144,7 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         from the parameters every connection shares at each request's head.
         """
         self.guard.stopping = True
-        self.conn_params.no_keep_alive = True
+        private_names.connection_parameters(self).no_keep_alive = True
 
     def lingering(self) -> int:
         """Connections closed without a reset, still read until their client closes too."""
@@ -166,4 +167,4 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         the connection limits, for connections accepted from now on and for the next request of the others."""
         limits = ConnectionLimits.from_config(config)
         self.guard.limits = limits
-        _apply_limits(self.conn_params, limits)
+        _apply_limits(private_names.connection_parameters(self), limits)
