@@ -13,10 +13,11 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
-import sys
 import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, Optional, Tuple
+
+from hacheck import private_names
 
 COUNTER_NAMES = ("gets", "hits", "misses", "sets", "expirations", "coalesced", "evictions", "not_stored")
 # Results kept at most (configuration: ``cache_max_entries``).
@@ -49,9 +50,6 @@ def _load_malloc_trim():
 
 
 _malloc_trim = _load_malloc_trim()
-# CPython's own (documented, underscored) call; Python 3.13 deprecates it for _clear_internal_caches.
-# Another interpreter may have neither: compacting then only skips this step.
-_clear_type_cache = getattr(sys, "_clear_internal_caches", None) or getattr(sys, "_clear_type_cache", None)
 
 
 class CacheObserver:
@@ -151,8 +149,8 @@ class CheckCache:
         self._entries = OrderedDict(self._entries)
         self._in_flight = dict(self._in_flight)
         self._peak = len(self._entries)
-        if _clear_type_cache is not None:
-            _clear_type_cache()
+        if private_names.clear_type_cache is not None:
+            private_names.clear_type_cache()
         gc.collect()
         if _malloc_trim is not None:
             _malloc_trim(0)

@@ -66,7 +66,10 @@ DESCRIPTIONS = {
           "A service that is not down is not an error.",
     "down": "Mark services down: hacheck answers 503 for them until they are "
             "brought up again or the expiration passes.",
-    "status": "Show whether each service is up or down; exit 1 when any is down.",
+    "status": "Show whether each service has a downtime of its own (the entry named: "
+              "the service, or with -P the service on that port); exit 1 when any has. "
+              "A broader downtime ('all', the whole service) is noted on stderr; "
+              "--effective reports it instead.",
     "status_downed": "Show every active downtime in the spool.",
     "list": "List the services the local hacheck daemon has seen recently, "
             "with the last response each one got.",
@@ -79,14 +82,15 @@ output lines:
   DRAIN<TAB>EXPIRATION<TAB>SERVICE<TAB>REASON   (a downtime made with --drain)
       EXPIRATION is a unix time (%f) or "inf"; with -P, and for per-port
       downtimes, SERVICE reads SERVICE:HOST:PORT (HOST empty for 127.0.0.1).
-  SERVICE last_response=JSON          (list)
+  SERVICE last_response=JSON          (list; SERVICE alone from an older
+                                      daemon that lists plain names)
   --json: one JSON object per line with status, service, host, port,
       reason, creation, expiration and state ("down", "drain"; null when up);
       for list, with service and last_response.
 
 exit codes:
-  0 success (status: everything asked about is up)
-  1 status: something is down; otherwise the action failed (spool not
+  0 success (status: nothing asked about has a downtime of its own)
+  1 status: an entry asked about is down; otherwise the action failed (spool not
     writable, daemon not running, a non-human user without --reason)
   2 usage error (bad flags, missing or invalid service names)
   3 status: the spool directory cannot be read; hacheck answers every check
@@ -161,6 +165,11 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
              "connections finish but no new ones arrive",
     )
     parser.add_argument(
+        "--effective", action="store_true",
+        help="status: report the downtime checks answer with ('all', then the service, "
+             "then the service on its port), not only the entry named",
+    )
+    parser.add_argument(
         "--json", action="store_true",
         help="status, status_downed, list: print one JSON object per line instead of text",
     )
@@ -178,11 +187,13 @@ def _normal_host(host: Optional[str]) -> Optional[str]:
     return None if host in (None, "", LOCALHOST) else host
 
 
-def _label(service: str, port: Optional[int], host: Optional[str]) -> str:
-    """How a line names a downtime: the service, or SERVICE:HOST:PORT when per port."""
+def _label(service: str, port: Optional[int], host: Optional[str], host_as_given: bool = False) -> str:
+    """How a line names a downtime: the service, or SERVICE:HOST:PORT when per port. The host is
+    left out for this machine's own (127.0.0.1), unless ``host_as_given``: hastatus names the
+    entry as its -H named it, as the original did."""
     if port is None:
         return service
-    return f"{service}:{_normal_host(host) or ''}:{port}"
+    return f"{service}:{(host if host_as_given else _normal_host(host)) or ''}:{port}"
 
 
 def _expiration_text(downtime: Downtime) -> str:
@@ -291,6 +302,14 @@ def action_up(prog: str, spool: Spool, options) -> int:
     return 0
 
 
+def _broader_note(service: str, port: Optional[int], host: Optional[str], found) -> str:
+    """The stderr note for an entry that is up on its own while checks of it answer down."""
+    label = _label(service, port, host)
+    cause = "'all' is down" if found[0] == ALL else f"a broader downtime of {service} applies"
+    return (f"note: {label} has no downtime of its own, but checks of it answer down: {cause} "
+            "(hastatus --effective shows it)")
+
+
 # hastatus's exit code when the spool cannot be read: neither "all up" (0) nor "something is down" (1).
 EXIT_SPOOL_UNREADABLE = 3
 
@@ -313,8 +332,14 @@ def action_status(prog: str, spool: Spool, options) -> int:
     port, host = options.service_port, options.service_host
     exit_code = 0
     for service in options.services:
+        # As the originals: the entry named decides; --effective asks what checks answer.
         found = spool.find_downtime(service, port, host)
-        downtime = found[1] if found else None
+        if options.effective:
+            downtime = found[1] if found else None
+        else:
+            downtime = spool.active(service, port, host)
+            if downtime is None and found is not None:
+                _note(prog, _broader_note(service, port, host, found))
         if downtime is not None:
             exit_code = 1
         if options.json:
@@ -322,7 +347,7 @@ def action_status(prog: str, spool: Spool, options) -> int:
         elif downtime is None:
             _say(f"UP\t{_printable(service)}")
         else:
-            _say(_down_line(_label(service, port, host), downtime))
+            _say(_down_line(_label(service, port, host, host_as_given=True), downtime))
     return exit_code
 
 
@@ -338,8 +363,24 @@ def action_status_downed(prog: str, spool: Spool, options) -> int:
     return 0
 
 
+# Older daemons list plain names (["web"]); ours list [name, last_response] pairs.
+NO_LAST_RESPONSE = object()
+
+
+def _seen_pair(item) -> tuple:
+    """(service, last_response) from one item of seen_services; NO_LAST_RESPONSE for a plain name."""
+    if isinstance(item, str):
+        return item, NO_LAST_RESPONSE
+    if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
+        return item[0], item[1]
+    raise ValueError("seen_services holds neither names nor [service, last_response] pairs")
+
+
 def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
-    """The daemon's ``/recent`` list of [service, last_response] pairs; ToolError when unreachable."""
+    """The daemon's ``/recent`` as sorted (service, last_response) pairs; ToolError when unreachable.
+
+    last_response is NO_LAST_RESPONSE for a daemon that lists plain names.
+    """
     url = f"http://127.0.0.1:{port}/recent"
     # No proxies: the daemon is on this machine whatever $http_proxy says.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -357,9 +398,9 @@ def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
     try:
         recent = json.loads(body.decode("utf-8"))
         seen = recent["seen_services"]
-        if not isinstance(seen, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in seen):
-            raise ValueError("seen_services is not a list of [service, last_response] pairs")
-        pairs = [(str(service), last) for service, last in seen]
+        if not isinstance(seen, list):
+            raise ValueError("seen_services is not a list")
+        pairs = [_seen_pair(item) for item in seen]
     except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
         raise ToolError(f"the daemon at {url} did not answer with a /recent JSON document") from None
     return sorted(pairs, key=lambda pair: pair[0])
@@ -368,7 +409,10 @@ def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
 def action_list(prog: str, spool: Spool, options) -> int:
     for service, last_response in fetch_recent(options.port):
         if options.json:
-            _say(json.dumps({"service": service, "last_response": last_response}))
+            known = None if last_response is NO_LAST_RESPONSE else last_response
+            _say(json.dumps({"service": service, "last_response": known}))
+        elif last_response is NO_LAST_RESPONSE:
+            _say(_printable(service))  # as the original printed an older daemon's list
         else:
             _say(f"{_printable(service)} last_response={json.dumps(last_response)}")
     return 0
@@ -394,6 +438,8 @@ def _check_usage(action: str, options) -> None:
         raise UsageError("--json only applies to status, status_downed and list")
     if options.drain and action != "down":
         raise UsageError("--drain only applies to down")
+    if options.effective and action != "status":
+        raise UsageError("--effective only applies to status")
 
 
 def _check_names(action: str, options) -> None:

@@ -82,7 +82,8 @@ class ConnectionLimits:
         if "Transfer-Encoding" in headers:
             return 411, ("Length required: send the request body with a Content-Length "
                          "(chunked request bodies are not accepted)")
-        length = headers.get("Content-Length", "").strip()
+        # Looked up only when present: HTTPHeaders.get raises and catches a KeyError for a missing name.
+        length = headers["Content-Length"].strip() if "Content-Length" in headers else ""
         # Anything but plain digits is Tornado's to refuse (400); 20 digits are past any bound.
         if length.isdigit() and (len(length) > 20 or int(length) > self.max_body_bytes):
             return 413, (f"Request body too large: Content-Length {length[:20]} is over "

@@ -366,17 +366,19 @@ class SpoolHandler(PathHandler):
 class CheckHandler(PathHandler):
     """``/<protocol>/<service>/<port>[/<query>]`` (GET): the spool, then the protocol's cached check."""
 
-    async def get(self) -> None:
+    def get(self) -> Optional[Awaitable[None]]:
+        """Answered here when the spool or the cache has the answer; else the check's coroutine, which
+        Tornado awaits (a cache hit, the usual request, then costs no coroutine at all)."""
         asked = self._service_target_query()
         if asked is None:
-            return
+            return None
         service, target, query = asked
         state = self.state
         client_ip = self.request.remote_ip
         if target.port == 0:
             state.activity.record(service, client_ip)
             self.answer(400, "Invalid port 0: a check needs a port from 1 to 65535\n")
-            return
+            return None
         networks = state.config.check_host_allowed_networks
         if networks is not None and target.host != LOCALHOST and not address_in_networks(target.host, networks):
             # Refused before any connection: the header must not reach arbitrary hosts.
@@ -384,16 +386,28 @@ class CheckHandler(PathHandler):
                                    client_ip, target.host)
             state.activity.record(service, client_ip)
             self.answer(403, f"Host {target.host} is not in check_host_allowed_networks\n")
-            return
+            return None
         # With -S downtimes reach HAProxy only through the agent; /spool still reports them.
         found = self._downtime(service, target) if state.spool_on_http else None
         if found is not None and not found[1].is_drain:
             self._answer_and_record(service, 503, down_message(*found, self.state.config.max_reason_chars))
-            return
-        result = await self._cached_check(service, target, query)
+            return None
+        key, bypass, result = self._cache_lookup(service, target, query)
+        if result is None:
+            return self._answer_after_check(service, target, query, found, key, bypass)
+        self._answer_result(service, found, result)
+        return None
+
+    async def _answer_after_check(self, service: str, target: Target, query: str,
+                                  found: Optional[Tuple[str, Downtime]], key: tuple, bypass: bool) -> None:
+        self._answer_result(service, found, await self._run_or_join(service, target, query, key, bypass))
+
+    def _answer_result(self, service: str, found: Optional[Tuple[str, Downtime]], result: CheckResult) -> None:
+        """Answer the check's ``result``, or 404 for a draining (``found``) and otherwise healthy service."""
+        state = self.state
         if not result.is_verdict:
             # Not the service's state: /recent keeps the last one the service really gave.
-            state.activity.record(service, client_ip)
+            state.activity.record(service, self.request.remote_ip)
             self.answer(503, f"{result.message}\n")
         elif found is not None and 200 <= result.code < 400:
             # Draining and otherwise healthy: 404 is what `http-check disable-on-404` turns into
@@ -409,20 +423,23 @@ class CheckHandler(PathHandler):
         self.service = self.request.path.split("/", 3)[2]  # for the request count
         raise tornado.web.HTTPError(405)
 
-    async def _cached_check(self, service: str, target: Target, query: str) -> CheckResult:
-        """The check's result: cached, shared with the same check in flight, or run now."""
+    def _cache_lookup(self, service: str, target: Target, query: str) -> Tuple[tuple, bool, Optional[CheckResult]]:
+        """The check's cache key, whether ``Pragma: no-cache`` asks past the cache, and the fresh result (or None)."""
+        headers = self.request.headers
+        key = check_key(self.protocol, REGISTRY[self.protocol], self.state.config, target, service, query,
+                        self.request.query, headers)
+        pragmas = headers.get_list("Pragma")
+        bypass = bool(pragmas) and "no-cache" in ",".join(pragmas).lower()
+        return key, bypass, None if bypass else self.state.cache.fresh(key)
+
+    async def _run_or_join(self, service: str, target: Target, query: str, key: tuple, bypass: bool) -> CheckResult:
+        """The check's result when none is cached: shared with the same check in flight, or run now."""
         state = self.state
         config = state.config
         protocol = REGISTRY[self.protocol]
         query_string = self.request.query
         headers = self.request.headers
-        key = check_key(self.protocol, protocol, config, target, service, query, query_string, headers)
-        pragmas = headers.get_list("Pragma")
-        bypass = bool(pragmas) and "no-cache" in ",".join(pragmas).lower()
         cache = state.cache
-        result = None if bypass else cache.fresh(key)  # a cache hit needs no coroutine
-        if result is not None:
-            return result
         client_ip = self.request.remote_ip
         counted = protocol.uses_outbound_slot and not cache.running(key)
         in_flight = state.in_flight_checks

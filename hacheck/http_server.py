@@ -18,6 +18,7 @@ import tornado.http1connection
 import tornado.httpserver
 from tornado.ioloop import IOLoop
 
+from hacheck import private_names
 from hacheck.connections import BoundedRequest, BoundedStream, ConnectionGuard, ConnectionLimits
 from hacheck.throttled_log import ThrottledLog
 
@@ -81,7 +82,9 @@ def _apply_limits(params: tornado.http1connection.HTTP1ConnectionParameters, lim
     them first, answering where Tornado would close without a word). Changed in place: every
     connection holds this one object and reads it at its next request, as it reads ``limits``."""
     params.max_header_size = limits.max_header_bytes
-    params.header_timeout = limits.idle_timeout + limits.header_timeout
+    # No header timeout of Tornado's: the connections time each head themselves (idle, then
+    # request_header_timeout), and Tornado's would wrap every request's head in a timeout future.
+    params.header_timeout = None
     params.max_body_size = limits.max_body_bytes
     params.body_timeout = limits.body_timeout
 
@@ -94,7 +97,7 @@ class HTTPServer(tornado.httpserver.HTTPServer):
 
     def initialize(self, request_callback, limits: ConnectionLimits, warnings: ThrottledLog, **kwargs) -> None:
         super().initialize(request_callback, **kwargs)
-        _apply_limits(self.conn_params, limits)
+        _apply_limits(private_names.connection_parameters(self), limits)
         self.guard = ConnectionGuard(limits, warnings)
         self.listeners: List[Tuple[socket.socket, Callable[[], None]]] = []
 
@@ -141,7 +144,7 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         from the parameters every connection shares at each request's head.
         """
         self.guard.stopping = True
-        self.conn_params.no_keep_alive = True
+        private_names.connection_parameters(self).no_keep_alive = True
 
     def lingering(self) -> int:
         """Connections closed without a reset, still read until their client closes too."""
@@ -164,4 +167,4 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         the connection limits, for connections accepted from now on and for the next request of the others."""
         limits = ConnectionLimits.from_config(config)
         self.guard.limits = limits
-        _apply_limits(self.conn_params, limits)
+        _apply_limits(private_names.connection_parameters(self), limits)

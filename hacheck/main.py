@@ -70,9 +70,13 @@ def _positive(text: str) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.check_config:
-        code, line = hacheck.reload.check_config(args.config_file)
-        (sys.stdout if code == 0 else sys.stderr).write(line + "\n")
-        return code
+        result = hacheck.reload.check_config(args.config_file)
+        (sys.stdout if result.code == 0 else sys.stderr).write(result.line + "\n")
+        if result.refused_status is not None:
+            # As the unit's ExecReload (NotifyAccess=exec), the refusal becomes the service's status:
+            # otherwise `systemctl status` would go on showing the last successful reload.
+            systemd.notify_status(result.refused_status)
+        return result.code
     # A reload signal that comes before the daemon can reload must not stop it (the default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:

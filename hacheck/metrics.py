@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import Awaitable, Dict, Iterable, Optional, Tuple, TypeVar
 
+from hacheck import private_names
 from hacheck.cache import CacheObserver, CheckCache
 from hacheck.spool import DOWNTIME_STATES, Spool, SpoolEntry, SpoolError
 
@@ -177,8 +178,8 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
         self.multiprocess_dir = multiprocess_dir()
-        in_memory = values.ValueClass is values.MutexValue
-        if in_memory == (self.multiprocess_dir is not None):
+        in_memory = private_names.prometheus_values_in_memory(values)
+        if in_memory is not None and in_memory == (self.multiprocess_dir is not None):
             raise RuntimeError(
                 "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set or cleared; "
                 "metrics would not add up across workers"

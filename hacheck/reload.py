@@ -94,16 +94,31 @@ def apply_rlimit(config: Config) -> None:
     log.debug("open files limit set to %s (was %s, hard limit %s)", wanted, soft, hard)
 
 
-def check_config(path: Optional[str]) -> Tuple[int, str]:
-    """``hacheck --check-config``: (exit code, the one line to print)."""
+@dataclass
+class CheckResult:
+    """What ``hacheck --check-config`` found: its exit code, the line it prints, and the reload status it reports."""
+
+    code: int
+    line: str
+    # For systemd's status of the service when the check refuses the file (the unit's ExecReload): None when valid.
+    refused_status: Optional[str] = None
+
+
+def check_config(path: Optional[str]) -> CheckResult:
+    """``hacheck --check-config``: exit 0 and a line saying the file is valid, or 1 and a line naming the key."""
     try:
         loaded = load(path)
     except ConfigError as err:
-        return 1, f"hacheck: {err}"
+        return CheckResult(1, f"hacheck: {err}", failed_reload_line(err))
     loaded.log_handler.close()
     name = path if path is not None else "no configuration file (defaults)"
     notes = "".join(f"; {warning}" for warning in loaded.warnings)
-    return 0, f"hacheck: {name}: configuration is valid{notes}"
+    return CheckResult(0, f"hacheck: {name}: configuration is valid{notes}")
+
+
+def failed_reload_line(err: ConfigError) -> str:
+    """The log line and systemd status of a reload that was refused, by the daemon or by ``--check-config``."""
+    return f"reload failed, running configuration kept: {err}"
 
 
 def reload(running: Config, path: Optional[str]) -> Tuple[Optional[LoadedConfig], str]:
@@ -117,12 +132,12 @@ def reload(running: Config, path: Optional[str]) -> Tuple[Optional[LoadedConfig]
     try:
         loaded = load(path)
     except ConfigError as err:
-        return None, f"reload failed, running configuration kept: {err}"
+        return None, failed_reload_line(err)
     try:
         apply_rlimit(loaded.config)
     except ConfigError as err:
         loaded.log_handler.close()
-        return None, f"reload failed, running configuration kept: {err}"
+        return None, failed_reload_line(err)
     held = [key for key in running.changed_keys(loaded.config) if key in RESTART_KEYS]
     loaded.config = loaded.config.replace(**{key: getattr(running, key) for key in held})
     changed = running.changed_keys(loaded.config)

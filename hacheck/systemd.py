@@ -62,6 +62,11 @@ def notify_ready(status: str) -> bool:
     return notify(f"READY=1\nSTATUS={_one_line(status)}")
 
 
+def notify_status(status: str) -> bool:
+    """Set the one-line status `systemctl status` shows, nothing else (from the main or a control process)."""
+    return notify(f"STATUS={_one_line(status)}")
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 

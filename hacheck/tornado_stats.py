@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from hacheck import tornado_private
+from hacheck import private_names
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +100,26 @@ class TornadoStats:
         io_loop = self._io_loop
         tallies = self.tallies
         clock = time.perf_counter
-        original_add_handler = io_loop.add_handler
 
         def count_callback(seconds: float) -> None:
             tallies.callback_seconds += seconds
             tallies.callbacks += 1
 
-        def add_timed_handler(fd, handler, events):
+        def timed(handler):
             def timed_handler(fd, events):
                 started = clock()
                 handler(fd, events)
                 count_callback(clock() - started)
-            original_add_handler(fd, timed_handler, events)
+            return timed_handler
 
         # The loop's callbacks go through a private Tornado name: without it, only handlers are timed.
-        undo_callback_timing = tornado_private.time_loop_callbacks(io_loop, count_callback, clock)
-        io_loop.add_handler = add_timed_handler
+        undo_callback_timing = private_names.time_loop_callbacks(io_loop, count_callback, clock)
+        undo_handler_timing = private_names.replace_add_handler(io_loop, timed)
 
         def undo() -> None:
             if undo_callback_timing is not None:
                 undo_callback_timing()
-            io_loop.add_handler = original_add_handler
+            undo_handler_timing()
         self._undo = undo
 
     def stop(self) -> None:

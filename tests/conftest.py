@@ -33,10 +33,23 @@ def require_port(name: str, port: int) -> None:
     require(port_open(port), f"{name} is not listening on 127.0.0.1:{port} (see .ci/services.sh)")
 
 
+# Where root's tools live (haproxy, ip, runuser): not on every non-root user's PATH.
+SYSTEM_BIN_DIRS = os.pathsep.join(("/usr/local/sbin", "/usr/sbin", "/sbin"))
+
+
 def require_command(command: str) -> str:
-    path = shutil.which(command)
-    require(path is not None, f"command {command!r} is not installed")
+    path = shutil.which(command) or shutil.which(command, path=SYSTEM_BIN_DIRS)
+    require(path is not None, f"command {command!r} is not installed (not on PATH, nor in {SYSTEM_BIN_DIRS})")
     return path
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` imports (mutornadomon installed --no-deps may lack what it imports)."""
+    try:
+        __import__(module)
+    except Exception:
+        return False
+    return True
 
 
 def unused_port() -> int:

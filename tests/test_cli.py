@@ -112,6 +112,8 @@ def test_help_explains_every_flag(tools, tool):
     ("haupdown", ["-a", "restart", "web"]),
     ("hadown", ["--json", "web"]),
     ("haup", ["--json", "web"]),
+    ("hadown", ["--effective", "web"]),
+    ("hashowdowned", ["--effective"]),
     ("hadown", ["-H", "10.0.0.1", "web"]),
     ("hastatus", ["-H", "10.0.0.1", "web"]),
     ("hadown", ["-P", "http", "web"]),
@@ -260,11 +262,16 @@ def test_renewal_keeps_creation_new_reason_resets_it(tools):
 
 def test_all_takes_every_service_down(tools):
     assert_ok(tools.run("hadown", "-r", "rack move", "all"))
-    result = tools.run("hastatus", "web", "db")
+    result = tools.run("hastatus", "--effective", "web", "db")
     assert result.returncode == 1
     assert result.stdout == "DOWN\tinf\tweb\track move\nDOWN\tinf\tdb\track move\n"
-    result = tools.run("hastatus", "-P", "80", "web")
+    result = tools.run("hastatus", "--effective", "-P", "80", "web")
     assert result.stdout == "DOWN\tinf\tweb::80\track move\n"
+    # Without --effective, as the originals: the entry named, and a note for the broader downtime.
+    result = tools.run("hastatus", "-P", "80", "web")
+    assert (result.returncode, result.stdout) == (0, "UP\tweb\n")
+    assert result.stderr == ("hastatus: note: web::80 has no downtime of its own, but checks of it answer "
+                             "down: 'all' is down (hastatus --effective shows it)\n")
     result = tools.run("haup", "web")
     assert result.returncode == 0 and "still down because 'all' is down" in result.stderr
     assert_ok(tools.run("haup", "all"))
@@ -292,8 +299,12 @@ def test_per_port_downtime(tools):
 
 def test_service_down_covers_every_port(tools):
     assert_ok(tools.run("hadown", "-r", "x", "web"))
-    result = tools.run("hastatus", "-P", "8080", "-H", "10.0.0.1", "web")
+    result = tools.run("hastatus", "--effective", "-P", "8080", "-H", "10.0.0.1", "web")
     assert (result.returncode, result.stdout) == (1, "DOWN\tinf\tweb:10.0.0.1:8080\tx\n")
+    result = tools.run("hastatus", "-P", "8080", "-H", "10.0.0.1", "web")
+    assert (result.returncode, result.stdout) == (0, "UP\tweb\n")
+    assert result.stderr == ("hastatus: note: web:10.0.0.1:8080 has no downtime of its own, but checks of it "
+                             "answer down: a broader downtime of web applies (hastatus --effective shows it)\n")
     result = tools.run("haup", "-P", "8080", "web")
     assert result.returncode == 0 and "bring it up without -P" in result.stderr
 
@@ -529,8 +540,16 @@ async def test_halist_reads_recent_from_the_daemon(tools):
         answer["body"] = json.dumps({"seen_services": [], "threshold_seconds": 600})
         assert await run_tool_async(tools, "halist", "-p", str(port)) == (0, "", "")
 
+        # An older daemon lists plain names: each is printed alone, as the original did.
+        answer["body"] = json.dumps({"seen_services": ["web", "api"], "threshold_seconds": 600})
+        assert await run_tool_async(tools, "halist", "-p", str(port)) == (0, "api\nweb\n", "")
+        code, stdout, stderr = await run_tool_async(tools, "halist", "--json", "-p", str(port))
+        assert (code, stderr) == (0, "")
+        assert [json.loads(line) for line in stdout.splitlines()] == [
+            {"service": "api", "last_response": None}, {"service": "web", "last_response": None}]
+
         for body in ("<html>not hacheck</html>", '{"seen_services": {"ab": 1}}', '{"seen": []}', "[]",
-                     '{"seen_services": [["web"]]}'):
+                     '{"seen_services": [["web"]]}', '{"seen_services": [1]}'):
             answer["body"] = body
             code, stdout, stderr = await run_tool_async(tools, "halist", "-p", str(port))
             assert (code, stdout) == (1, "") and "did not answer with a /recent JSON" in stderr, body

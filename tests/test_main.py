@@ -11,7 +11,7 @@ import time
 import pytest
 
 from hacheck import __version__
-from tests.conftest import http_request, port_open, require, start_hacheck, tool_argv, tool_env, unused_port
+from tests.conftest import http_request, importable, port_open, require, start_hacheck, tool_argv, tool_env, unused_port
 
 
 def run_hacheck(*args, timeout=30):
@@ -103,14 +103,6 @@ def test_bind_address(hacheck_daemon):
     assert http_request(everywhere.port, "/status", host=other)[0] == 200
 
 
-def mutornadomon_importable():
-    try:
-        import mutornadomon  # noqa: F401
-    except Exception:  # it imports `mock`, which a --no-deps install lacks
-        return False
-    return True
-
-
 def test_bind_address_on_a_loopback_alias(hacheck_daemon):
     daemon = hacheck_daemon(args=["-B", "127.0.0.2"], ready_host="127.0.0.2")
     assert http_request(daemon.port, "/spool/web/80", host="127.0.0.2")[0] == 200
@@ -118,7 +110,7 @@ def test_bind_address_on_a_loopback_alias(hacheck_daemon):
 
 
 def test_mutornadomon_served_to_localhost_only(hacheck_daemon):
-    require(mutornadomon_importable(), "mutornadomon (and its import of mock) is not installed")
+    require(importable("mutornadomon"), "mutornadomon (and its import of mock) is not installed")
     daemon = hacheck_daemon()
     for _ in range(3):
         assert daemon.get("/spool/web/80")[0] == 200

@@ -20,7 +20,7 @@ TOOL_OPTIONS = {
     "haup": {"--spool-root", "--service-port", "--service-host", "--help"},
     "hadown": {"--spool-root", "--reason", "--expiration", "--service-port", "--service-host", "--drain",
                "--help"},
-    "hastatus": {"--spool-root", "--service-port", "--service-host", "--json", "--help"},
+    "hastatus": {"--spool-root", "--service-port", "--service-host", "--json", "--effective", "--help"},
     "hashowdowned": {"--spool-root", "--json", "--help"},
     "halist": {"--port", "--json", "--help"},
 }

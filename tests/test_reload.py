@@ -171,9 +171,9 @@ def test_every_worker_reloads(hacheck_daemon, tmp_path):
 # --- hacheck --check-config ------------------------------------------------------------------
 
 
-def check_config(*args):
+def check_config(*args, **env):
     result = subprocess.run(tool_argv("hacheck") + ["--check-config", *args], capture_output=True, text=True,
-                            timeout=30, env=tool_env(), stdin=subprocess.DEVNULL)
+                            timeout=30, env=tool_env(**env), stdin=subprocess.DEVNULL)
     return result.returncode, result.stdout.splitlines(), result.stderr.splitlines()
 
 
@@ -205,6 +205,28 @@ def test_check_config_refuses_an_invalid_file_in_one_line(tmp_path, content, key
     code, out, err = check_config("-c", str(config))
     assert (code, out, len(err)) == (1, [], 1)
     assert key in err[0] and str(config) in err[0]
+
+
+def test_check_config_as_execreload_reports_a_refused_file_as_the_services_full_status(tmp_path):
+    """The unit's ExecReload runs --check-config with $NOTIFY_SOCKET (NotifyAccess=exec): a refusal is the status."""
+    config = tmp_path / ("a-rather-long-directory-name-as-sites-have-them" * 2) / "hacheck.yaml"
+    config.parent.mkdir()
+    config.write_text("cache_time: soon\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(tmp_path / "notify"))
+        notify_socket.settimeout(WAIT)
+        code, out, err = check_config("-c", str(config), NOTIFY_SOCKET=str(tmp_path / "notify"))
+        assert (code, out, len(err)) == (1, [], 1)
+        message = notify_socket.recv(4096).decode()
+        # Only the status: no READY=1 or RELOADING=1 from a process that is not the daemon.
+        assert message == f"STATUS=reload failed, running configuration kept: {err[0].removeprefix('hacheck: ')}"
+        assert message.endswith(f"{config}: key 'cache_time': expected a number of seconds, got 'soon'"), message
+
+        config.write_text("cache_time: 3\n")
+        assert check_config("-c", str(config), NOTIFY_SOCKET=str(tmp_path / "notify"))[0] == 0
+        notify_socket.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # a valid file: the daemon's own reload reports the outcome
+            notify_socket.recv(4096)
 
 
 def test_stopping_is_bounded_by_the_reloaded_healthcheck_timeout(hacheck_daemon, tmp_path):

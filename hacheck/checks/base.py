@@ -124,8 +124,8 @@ class Slots:
         self._limit = limit
         self.in_use = 0
         self._held: Dict[Hashable, int] = {}  # client -> slots it holds
-        # client -> its waiters, oldest first, each with its arrival number
-        self._waiters: Dict[Hashable, Deque[Tuple[int, asyncio.Future]]] = {}
+        self._waiters: Dict[Hashable, Deque[asyncio.Future]] = {}  # client -> its waiters, oldest first
+        self._arrival: Dict[asyncio.Future, int] = {}  # each waiter's place in the order of arrival
         self._arrivals = itertools.count()
 
     @property
@@ -154,7 +154,8 @@ class Slots:
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self._waiters.setdefault(client, deque()).append((next(self._arrivals), waiter))
+        self._waiters.setdefault(client, deque()).append(waiter)
+        self._arrival[waiter] = next(self._arrivals)
         started = loop.time()
         if progress is not None:
             progress.waiting_for = what
@@ -172,13 +173,10 @@ class Slots:
             progress.waited += loop.time() - started
 
     def _forget_waiter(self, client: Hashable, waiter: asyncio.Future) -> None:
-        waiters = self._waiters.get(client)
-        if waiters is None:
+        if self._arrival.pop(waiter, None) is None:
             return  # release() took it already
-        for entry in waiters:
-            if entry[1] is waiter:
-                waiters.remove(entry)
-                break
+        waiters = self._waiters[client]
+        waiters.remove(waiter)  # C-speed: a thousand waiters can time out at once
         if not waiters:
             del self._waiters[client]
 
@@ -190,14 +188,19 @@ class Slots:
         else:
             del self._held[client]
         while self._waiters and self.in_use < self._limit():
-            chosen = min(self._waiters, key=lambda waiting: (self._held.get(waiting, 0), self._waiters[waiting][0][0]))
+            chosen = min(self._waiters, key=self._next_in_line)
             waiters = self._waiters[chosen]
-            _, waiter = waiters.popleft()
+            waiter = waiters.popleft()
+            del self._arrival[waiter]
             if not waiters:
                 del self._waiters[chosen]
             if not waiter.done():
                 self._take(chosen)
                 waiter.set_result(None)
+
+    def _next_in_line(self, client: Hashable) -> Tuple[int, int]:
+        """Who gets a freed slot first: the client holding fewest, then the longest waiting."""
+        return self._held.get(client, 0), self._arrival[self._waiters[client][0]]
 
     @contextlib.asynccontextmanager
     async def held(self, progress: Optional[CheckProgress], what: str) -> AsyncIterator[None]:

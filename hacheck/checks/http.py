@@ -75,8 +75,17 @@ def copied_headers(config: Config, incoming: Optional[Mapping[str, str]], servic
 
     They are inputs of the check: its cache key holds them (see ``hacheck.checks.check_key``).
     """
-    given = {name.lower(): value for name, value in (incoming or {}).items()}
-    copied = [(name, given[name.lower()]) for name in config.http_headers_to_copy if name.lower() in given]
+    copied = []
+    if isinstance(incoming, HTTPHeaders):
+        # Looked up by name (HTTPHeaders ignores case): a cached check pays for the names copied,
+        # not for every header of the request. A repeated header gives its last value.
+        for name in config.http_headers_to_copy:
+            values = incoming.get_list(name)
+            if values:
+                copied.append((name, values[-1]))
+    elif incoming:
+        given = {name.lower(): value for name, value in incoming.items()}
+        copied = [(name, given[name.lower()]) for name in config.http_headers_to_copy if name.lower() in given]
     if config.service_name_header:
         copied.append((config.service_name_header, service))
     return tuple(copied)

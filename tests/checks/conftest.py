@@ -151,16 +151,17 @@ async def loop_gaps_while(awaitable) -> tuple:
 def hang_probe(make_context, silent_server):
     """Run ``check`` against a server that never answers, with a small healthcheck_timeout.
 
-    Asserts the result is 503 within the timeout (plus slack) and that the event loop
-    kept running meanwhile; returns the result for further assertions.
+    Asserts the result is ``expected_code`` (503; 599 for checks that record "no answer" so)
+    within the timeout (plus slack) and that the event loop kept running meanwhile; returns the
+    result for further assertions.
     """
 
-    async def probe(check, query: str = "", **config_keys):
+    async def probe(check, query: str = "", expected_code: int = 503, **config_keys):
         context = make_context(healthcheck_timeout=HUNG_TIMEOUT, **config_keys)
         started = time.monotonic()
         result, longest_gap = await loop_gaps_while(run_check(check, silent_server.target, query, context))
         elapsed = time.monotonic() - started
-        assert result.code == 503, result
+        assert result.code == expected_code, result
         assert elapsed < HUNG_TIMEOUT + HUNG_SLACK, f"took {elapsed:.2f}s"
         assert elapsed >= HUNG_TIMEOUT * 0.8, f"gave up after {elapsed:.2f}s without an answer or refusal"
         assert longest_gap < 0.3, f"event loop blocked for {longest_gap:.2f}s"

@@ -35,28 +35,47 @@ async def test_a_service_haproxy_does_not_know(haproxy_stats, make_context):
 
 
 @pytest.mark.gen_test
-async def test_closed_port_is_503(closed_port, make_context):
+async def test_closed_port_is_599_as_for_an_http_check(closed_port, make_context):
+    """No answer records 599 (the daemon answers 503), as uber/hacheck's check did."""
     result = await run_check(haproxy.check, closed_port, "", make_context(service="web_up"))
-    assert result.code == 503
+    assert result.code == 599
     assert "refused" in result.message
 
 
-@pytest.mark.gen_test
-async def test_a_page_that_is_not_stats_csv(make_context, io_loop):
-    class NotStats(tornado.web.RequestHandler):
+async def check_against_page(make_context, code: int, body: bytes):
+    """The check's result against a stats page answering ``code`` with ``body``."""
+    class Page(tornado.web.RequestHandler):
         def get(self):
-            self.write("<html>hello</html>")
+            self.set_status(code)
+            if code in (301, 302):
+                self.set_header("Location", "/elsewhere")
+            self.write(body)
 
     port = unused_port()
-    server = tornado.web.Application([(r"/.*", NotStats)]).listen(port, address="127.0.0.1")
+    server = tornado.web.Application([(r"/.*", Page)]).listen(port, address="127.0.0.1")
     try:
-        result = await run_check(haproxy.check, Target("127.0.0.1", port), "", make_context(service="web_up"))
+        return await run_check(haproxy.check, Target("127.0.0.1", port), "", make_context(service="web_up"))
     finally:
         server.stop()
-    assert result.code == 500
-    assert "not HAProxy stats CSV" in result.message
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("code, body, expected_code, expected_message", [
+    (200, b"<html>hello</html>", 500, "not HAProxy stats CSV"),
+    # uber/hacheck/tests/test_checker.py: a 500 with no body stays 500; NUL bytes are 599.
+    (500, b"", 500, "answered 500 Internal Server Error"),
+    (200, b"\x00\x00", 599, "is not text"),
+    (200, b"\xff\xfe# pxname,svname,status\n", 599, "is not text"),
+    (404, b"no stats here", 404, "answered 404 Not Found"),
+    # A redirect is a pass for HAProxy: it must not be passed on.
+    (301, b"", 503, "answered 301 Moved Permanently"),
+])
+async def test_a_stats_page_that_fails(make_context, code, body, expected_code, expected_message):
+    result = await check_against_page(make_context, code, body)
+    assert result.code == expected_code
+    assert expected_message in result.message
 
 
 @pytest.mark.gen_test
 async def test_a_hung_server_costs_at_most_the_timeout(hang_probe):
-    await hang_probe(haproxy.check)
+    await hang_probe(haproxy.check, expected_code=599)

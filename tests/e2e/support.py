@@ -25,13 +25,13 @@ class UpstreamState:
         self.max_in_flight_total = 0
         self._lock = threading.Lock()
 
-    def _arrived(self, path: str) -> None:
+    def arrived(self, path: str) -> None:
         with self._lock:
             self.in_flight[path] = self.in_flight.get(path, 0) + 1
             self.max_in_flight[path] = max(self.max_in_flight.get(path, 0), self.in_flight[path])
             self.max_in_flight_total = max(self.max_in_flight_total, sum(self.in_flight.values()))
 
-    def _left(self, path: str) -> None:
+    def left(self, path: str) -> None:
         with self._lock:
             self.in_flight[path] -= 1
 
@@ -40,12 +40,12 @@ def _handler_class(state: UpstreamState):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             state.requests.append((self.path, dict(self.headers)))
-            state._arrived(self.path)
+            state.arrived(self.path)
             try:
                 if state.delay:
                     time.sleep(state.delay)
             finally:
-                state._left(self.path)
+                state.left(self.path)
             code = state.code
             if state.only_host is not None and self.headers.get("Host") != state.only_host:
                 code = 503

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -46,12 +47,14 @@ ROOT_PACKAGES = ("systemd-sysv", "dbus", "procps", "iproute2", "adduser", "logro
                  "python3", "python3-tornado", "python3-yaml", "python3-pymysql", "python3-redis",
                  "python3-asyncpg", "python3-prometheus-client")
 DEBOOTSTRAP_TIMEOUT = 900
+ROOT_MODE = 0o755  # of the container's `/`, as on any installed system
 CONTAINER_LIFETIME = 1800  # `timeout` ends the container even if this process dies
 BOOT_TIMEOUT = 120
 COMMAND_TIMEOUT = 180
 HACHECK_PORT = 3333
 UPSTREAM_PORT = 8080
 HAPROXY_STATS_PORT = 8404
+AGENT_PORT = 3334  # the port docs/debian.md's drop-in names
 LOAD_PATHS = ("/spool/web/8080/", f"/http/web/{UPSTREAM_PORT}/")
 # Besides the 20 clients that open a connection per request (as HAProxy does), clients that keep
 # theirs alive between requests: a restart must not lose a request sent on one either.
@@ -79,6 +82,8 @@ Restart=always
 [Install]
 WantedBy=multi-user.target
 """
+AGENT_SERVER = (f"server agent1 127.0.0.1:{UPSTREAM_PORT} check port {HACHECK_PORT} inter 300ms fall 1 rise 1 "
+                f'agent-check agent-port {AGENT_PORT} agent-send "agentsvc/{UPSTREAM_PORT}\\n" agent-inter 300ms')
 HAPROXY_CFG = f"""\
 global
     stats socket /run/haproxy/admin.sock mode 660 level admin
@@ -104,6 +109,11 @@ frontend web
 backend web
     option httpchk GET /http/web/{UPSTREAM_PORT}/
     server web1 127.0.0.1:{UPSTREAM_PORT} check port {HACHECK_PORT} inter 100ms fall 1 rise 1
+
+# What an agent-check site configures (docs/haproxy.md); its agent port opens with the drop-in.
+backend agent
+    option httpchk GET /http/agentsvc/{UPSTREAM_PORT}/
+    {AGENT_SERVER}
 """
 
 
@@ -140,16 +150,20 @@ def debian_mirror() -> Optional[str]:
 
 
 def cached_root() -> Path:
-    """The debootstrapped bookworm root for these packages, made on first use."""
+    """The debootstrapped bookworm root for these packages, made on first use (an old one's mode mended)."""
     key = hashlib.sha256(" ".join((SUITE, *sorted(ROOT_PACKAGES))).encode()).hexdigest()[:12]
     root = CACHE / f"{SUITE}-{key}"
     if (root / "sbin" / "init").exists():
+        mend_root_mode(root)
         return root
     mirror = debian_mirror()
     if mirror is None:
         unavailable(f"no Debian {SUITE} source in /etc/apt to debootstrap from")
     CACHE.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{root.name}.partial-", dir=CACHE))
+    # mkdtemp makes it 0700, and it becomes the container's `/`: dbus-daemon (user
+    # messagebus) could not read its configuration, and the boot would never finish.
+    partial.chmod(ROOT_MODE)
     result = run_host(["debootstrap", "--variant=minbase", "--include=" + ",".join(ROOT_PACKAGES),
                        SUITE, str(partial), mirror], timeout=DEBOOTSTRAP_TIMEOUT)
     if result.returncode != 0:
@@ -159,6 +173,16 @@ def cached_root() -> Path:
     shutil.rmtree(partial / "var" / "cache" / "apt" / "archives", ignore_errors=True)
     partial.rename(root)
     return root
+
+
+def mend_root_mode(root: Path) -> None:
+    """Make ``root`` (a container's `/`) mode 0755; roots cached by older versions of this test are 0700."""
+    mode = root.stat().st_mode & 0o7777
+    if mode != ROOT_MODE:
+        # A warning, so that the run's summary shows it.
+        warnings.warn(f"{root}: mode {mode:04o}, mended to {ROOT_MODE:04o} (the container's / must be "
+                      "readable by all; roots cached before this check were made 0700)", stacklevel=2)
+        root.chmod(ROOT_MODE)
 
 
 def build_packages(out: Path) -> Dict[str, Path]:
@@ -254,9 +278,25 @@ class Container:
                 if state in ("running", "degraded"):
                     return
             time.sleep(0.5)
+        waiting = self.boot_diagnosis() if self.init_pid and self.process.poll() is None else ""
         tail = (self.work / "nspawn.log").read_text(errors="replace")[-1500:]
         self.stop()
-        unavailable(f"systemd-nspawn could not boot {SUITE} (state {state!r}): {tail}")
+        unavailable(f"systemd-nspawn could not boot {SUITE} (state {state!r}):\n{waiting}"
+                    f"== console (last 1500 characters):\n{tail}")
+
+    def boot_diagnosis(self) -> str:
+        """What a boot that does not finish waits for: systemd's jobs, the failed units and their logs."""
+        commands = ("systemctl list-jobs --no-pager", "systemctl --failed --no-pager",
+                    "journalctl -b --no-pager -q -p warning -n 30 -o short-monotonic")
+        parts = []
+        for command in commands:
+            try:
+                result = self.run(command, check=False, timeout=30)
+                output = (result.stdout + result.stderr).strip()
+            except subprocess.TimeoutExpired:
+                output = "(no answer within 30 s)"
+            parts.append(f"== {command}:\n{output[-2500:]}\n")
+        return "".join(parts)
 
     def run(self, command: str, check: bool = True, timeout: float = COMMAND_TIMEOUT,
             input: Optional[str] = None) -> subprocess.CompletedProcess:
@@ -305,15 +345,28 @@ class Container:
             time.sleep(0.2)
         raise AssertionError(f"hacheck did not answer {path} with 200 within {timeout}s")
 
-    def haproxy_server(self) -> Dict[str, str]:
-        """HAProxy's stats row for the server it checks through hacheck."""
+    def haproxy_server(self, backend: str = "web", server: str = "web1") -> Dict[str, str]:
+        """HAProxy's stats row for a server it checks through hacheck (by default the one under load)."""
         csv = self.run(f"curl -sf -m 10 'http://127.0.0.1:{HAPROXY_STATS_PORT}/stats;csv'").stdout.splitlines()
         names = csv[0].lstrip("# ").split(",")
         for line in csv[1:]:
             row = dict(zip(names, line.split(",")))
-            if row.get("pxname") == "web" and row.get("svname") == "web1":
+            if row.get("pxname") == backend and row.get("svname") == server:
                 return row
-        raise AssertionError(f"no web/web1 row in HAProxy's stats:\n{csv}")
+        raise AssertionError(f"no {backend}/{server} row in HAProxy's stats:\n{csv}")
+
+    def wait_haproxy_status(self, backend: str, server: str, status: str, timeout: float = 30) -> None:
+        """Wait until HAProxy shows the server as ``status`` (or ``status (agent)``, set by the agent)."""
+        deadline = time.monotonic() + timeout
+        row = {}
+        while time.monotonic() < deadline:
+            row = self.haproxy_server(backend, server)
+            if row["status"] in (status, f"{status} (agent)"):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"HAProxy shows {backend}/{server} as {row.get('status')!r}, not {status!r}: "
+                             f"check {row.get('check_status')} {row.get('last_chk')!r}, "
+                             f"agent {row.get('agent_status')} {row.get('agent_desc')!r}")
 
     def wait_haproxy_up(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -397,6 +450,33 @@ def box():
             shutil.rmtree(work, ignore_errors=True)
 
 
+def test_install_while_the_port_is_taken_says_so_and_still_installs(box):
+    """README's order: a hacheck started by hand holds 3333 when the package comes."""
+    box.run(f"systemd-run --quiet --unit=ci-port-holder python3 -m http.server {HACHECK_PORT}")
+    holder = int(box.show("ci-port-holder", "MainPID"))
+    deadline = time.monotonic() + 20
+    while not box.run(f"ss -Hltn 'sport = :{HACHECK_PORT}'").stdout.strip():
+        assert time.monotonic() < deadline, f"nothing listens on {HACHECK_PORT}"
+        time.sleep(0.2)
+    result = box.run("apt-get install -y -q /root/ci/current.deb", check=False)
+    output = result.stdout + result.stderr
+    # apt's exit status stays 0: the package is installed and configured, only its socket waits for the port.
+    assert result.returncode == 0, output
+    assert box.run("dpkg-query -W -f '${db:Status-Status}' hacheck").stdout == "installed"
+    assert "hacheck: hacheck.socket could not start, so hacheck is not running:" in output, output
+    assert f"Failed to create listening socket ([::]:{HACHECK_PORT}): Address already in use" in output, output
+    assert f"hacheck: port {HACHECK_PORT} is taken by python3 (pid {holder})" in output, output
+    assert "then: systemctl start hacheck.socket hacheck.service" in output, output
+    assert "Could not execute systemctl" not in output, output
+    assert box.run("systemctl is-active hacheck.socket", check=False).stdout.strip() == "failed"
+    # What the message says to do works.
+    box.run("systemctl stop ci-port-holder && systemctl start hacheck.socket hacheck.service")
+    box.wait_answers()
+    # The next test installs on a machine that never had the package.
+    box.run("apt-get purge -y -q hacheck && systemctl reset-failed")
+    assert box.run("test -e /var/spool/hacheck", check=False).returncode != 0
+
+
 def test_install_enables_and_starts_the_socket_and_the_service(box):
     box.run("apt-get install -y -q /root/ci/current.deb")
     for unit in ("hacheck.socket", "hacheck.service"):
@@ -448,6 +528,12 @@ def probe_reloaded_header(box, header: str, timeout: float = 20) -> None:
     raise AssertionError(f"hacheck's checks do not send {header} within {timeout}s of the reload")
 
 
+# systemd's status of hacheck.service (`Status:` in systemctl status) after a reload and after a refused one.
+RELOADED_STATUS = "reloaded /etc/hacheck/hacheck.yaml: changed service_name_header"
+REFUSED_STATUS = ("reload failed, running configuration kept: /etc/hacheck/hacheck.yaml: key 'cache_time': "
+                  "expected a number of seconds, got 'soon'")
+
+
 def test_reloads_take_effect_without_a_failed_request(box):
     pid = box.main_pid()
 
@@ -460,6 +546,7 @@ def test_reloads_take_effect_without_a_failed_request(box):
     figures = box.under_load(f"{RELOADS} x systemctl reload hacheck (changed valid config, observed)", reloads)
     assert box.main_pid() == pid
     assert (figures["failed"], figures["chkfail"]) == (0, 0), figures
+    assert box.show("hacheck.service", "StatusText") == RELOADED_STATUS
 
 
 def test_reload_with_an_invalid_config_fails_and_keeps_the_running_one(box):
@@ -476,10 +563,16 @@ def test_reload_with_an_invalid_config_fails_and_keeps_the_running_one(box):
     assert box.main_pid() == pid
     probe_reloaded_header(box, f"X-Reload-{RELOADS}")  # the old configuration still holds
     status = box.run("systemctl status --no-pager -n 20 hacheck", check=False).stdout
-    assert re.search(r"cache_time.*hacheck\.yaml|hacheck\.yaml.*cache_time", status), status
+    # The failure, whole, as the service's status: not the last successful reload's.
+    assert f'Status: "{REFUSED_STATUS}"' in status, status
+    assert box.show("hacheck.service", "StatusText") == REFUSED_STATUS
     assert (figures["failed"], figures["chkfail"]) == (0, 0), figures
     box.write("/etc/hacheck/hacheck.yaml", "# all defaults\n")
     box.run("systemctl reload hacheck")
+    deadline = time.monotonic() + 20  # the status follows the daemon's reload, a moment after systemctl returns
+    while box.show("hacheck.service", "StatusText") != RELOADED_STATUS and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert box.show("hacheck.service", "StatusText") == RELOADED_STATUS
 
 
 def test_upgrade_to_a_newer_build_refuses_no_connection(box):
@@ -493,20 +586,41 @@ def test_upgrade_to_a_newer_build_refuses_no_connection(box):
     assert (figures["failed"], figures["chkfail"]) == (0, 0), figures
 
 
-AGENT_PORT = 3334
 AGENT_DROP_IN = "/etc/systemd/system/hacheck.service.d/agent.conf"
 
 
+def documented_agent_drop_in() -> str:
+    """The agent port's drop-in exactly as docs/debian.md shows it (its code block naming the agent socket)."""
+    lines = (REPO / "docs" / "debian.md").read_text().splitlines()
+    start = end = next(n for n, line in enumerate(lines) if line.strip().startswith("Wants=hacheck-agent@"))
+
+    def in_block(n: int) -> bool:  # the list item's code block: indented 6, blank lines inside
+        return 0 <= n < len(lines) and (lines[n].startswith(" " * 6) or not lines[n].strip())
+    while in_block(start - 1):
+        start -= 1
+    while in_block(end + 1):
+        end += 1
+    return "\n".join(line[6:] for line in lines[start:end + 1]).strip() + "\n"
+
+
 def test_an_agent_port_from_the_documented_drop_in(box):
+    drop_in = documented_agent_drop_in()
+    assert f"Wants=hacheck-agent@{AGENT_PORT}.socket" in drop_in and " -S" in drop_in, drop_in
     box.run("mkdir -p /etc/systemd/system/hacheck.service.d")
-    box.write(AGENT_DROP_IN, f"[Unit]\nWants=hacheck-agent@{AGENT_PORT}.socket\n"
-                             f"After=hacheck-agent@{AGENT_PORT}.socket\n")
+    box.write(AGENT_DROP_IN, drop_in)
     box.run("systemctl daemon-reload && systemctl restart hacheck && hadown -r 'agent test' agentsvc")
     assert box.show(f"hacheck-agent@{AGENT_PORT}.socket", "FileDescriptorName") == "agent"
     answer = box.run("python3 -c 'import socket, sys; s = socket.create_connection((\"127.0.0.1\", "
                      f"{AGENT_PORT}), 10); s.sendall(b\"agentsvc\\n\"); print(s.recv(200).decode())'").stdout
     assert answer.startswith("maint #agent test"), answer
-    box.run(f"haup agentsvc && rm -r {AGENT_DROP_IN} /etc/systemd/system/hacheck.service.d "
+    # -S: the HTTP check reports the service only; HAProxy shows what the agent says.
+    assert box.answers([f"/http/agentsvc/{UPSTREAM_PORT}/"])[f"/http/agentsvc/{UPSTREAM_PORT}/"][0] == 200
+    box.wait_haproxy_status("agent", "agent1", "MAINT")
+    box.run("hadown --drain -r 'agent drain' agentsvc")
+    box.wait_haproxy_status("agent", "agent1", "DRAIN")
+    box.run("haup agentsvc")
+    box.wait_haproxy_status("agent", "agent1", "UP")
+    box.run(f"rm -r {AGENT_DROP_IN} /etc/systemd/system/hacheck.service.d "
             f"&& systemctl stop hacheck-agent@{AGENT_PORT}.socket && systemctl daemon-reload "
             "&& systemctl restart hacheck")
 
