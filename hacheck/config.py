@@ -1,4 +1,12 @@
-"""The daemon's configuration: defaults, YAML loading and validation.
+"""The daemon's configuration: every key declared once, YAML loading and validation.
+
+Each key is one field of ``Config`` declared with ``key()``: its default, what
+values it takes (a ``Kind``: the validator and how the docs name it), whether a
+reload can change it, whether cached answers depend on it, and its line in the
+docs' table. The validation, the reload policy (``RESTART_KEYS``,
+``CACHE_SHAPING_KEYS``) and the table in docs/daemon.md (``markdown_table``,
+checked by the tests along with hacheck.yaml(5) and the Debian conffile) all
+come from that declaration.
 
 One ``Config`` object is built at start-up and handed down; a reload (SIGHUP)
 builds a new one and hands it down the same way (``DaemonState.apply_config``).
@@ -26,136 +34,31 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class Config:
-    cache_time: float = 10.0
-    service_name_header: Optional[str] = None
-    log_path: str = "stderr"
-    mysql_username: Optional[str] = None
-    mysql_password: Optional[str] = None
-    postgresql_username: Optional[str] = None
-    postgresql_password: Optional[str] = None
-    postgresql_database: str = "postgres"
-    rlimit_nofile: Optional[Union[str, int]] = None
-    allow_remote_spool_changes: bool = False
-    http_headers_to_copy: Tuple[str, ...] = ("Host",)
-    healthcheck_timeout: float = 10.0
-    max_clients: int = 10
-    metrics_per_service: bool = False
-    log_repeat_interval: float = DEFAULT_REPEAT_INTERVAL
-    # None keeps the original behaviour; a tuple of networks restricts (docs/security.md, "Configuration keys").
-    remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = None
-    check_host_allowed_networks: Optional[Tuple[Network, ...]] = None
-    # Bounds of one client connection (docs/security.md, "Connection limits"): seconds and bytes.
-    request_header_timeout: float = 10.0
-    request_body_timeout: float = 10.0
-    idle_connection_timeout: float = 60.0
-    max_request_line_bytes: int = 8 * 1024
-    max_request_header_bytes: int = 16 * 1024
-    max_request_body_bytes: int = 64 * 1024
-    # How long a refused client may go on sending (read and dropped) so that it reads its answer.
-    refused_request_linger: float = 1.0
-    # A downtime's reason is cut to this many characters in answers to clients (the tools show it whole).
-    max_reason_chars: int = 200
-    # Bounded tables and shared slots; read at request time.
-    cache_max_entries: int = DEFAULT_MAX_ENTRIES
-    access_counts_max_pairs: int = DEFAULT_MAX_PAIRS
-    # Uncached checks in flight that take an outbound slot: per (host, port), and per client address.
-    max_checks_per_target: int = 4
-    max_checks_per_client: int = 8
-    # The agent port (-A): how long a silent client is waited for (then answered as if it had sent an
-    # empty line), how long writing the answer may take, and the longest request line.
-    agent_request_timeout: float = 1.0
-    agent_write_timeout: float = 5.0
-    max_agent_request_bytes: int = 1024
-    # A stop gives connections that have not sent their request this long to send it, and answers
-    # healthcheck_timeout plus this long to reach their clients.
-    stop_grace: float = 1.0
-    # Health pages are small: an http check stops reading an upstream's body past this size.
-    max_upstream_body_bytes: int = 64 * 1024
-    # With -n: workers that may exit unexpectedly within restart_limit_interval seconds before the
-    # supervisor gives up, stops the rest and exits 1 (systemd's StartLimitBurst/StartLimitIntervalSec).
-    restart_limit_burst: int = 5
-    restart_limit_interval: float = 10.0
-    source: Optional[str] = field(default=None, compare=False)
+class Kind:
+    """The values a key takes: the validator that reads one from YAML, and how the docs name them."""
 
-    @classmethod
-    def load(cls, path: Optional[str]) -> Tuple["Config", List[str]]:
-        """Read ``path`` (None: defaults). Returns the config and warnings to log."""
-        if path is None:
-            return cls(), []
-        try:
-            with open(path, "rb") as config_file:
-                document = yaml.safe_load(config_file)
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read configuration file: {err.strerror}") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not a valid YAML file: {_yaml_problem(err)}") from err
-        except RecursionError:  # absurdly nested YAML
-            raise ConfigError(f"{path}: not a valid YAML file: nested too deeply") from None
-        return cls.from_mapping(document, source=path)
-
-    @classmethod
-    def from_mapping(cls, document: Any, source: str = "<config>") -> Tuple["Config", List[str]]:
-        """Validate a parsed document. An empty document means every default."""
-        if document is None:
-            document = {}
-        if not isinstance(document, dict):
-            raise ConfigError(
-                f"{source}: the configuration must be a mapping of keys to values, "
-                f"not {type(document).__name__}"
-            )
-        values: Dict[str, Any] = {}
-        warnings = []
-        for key, raw in document.items():
-            validator = _VALIDATORS.get(key) if isinstance(key, str) else None
-            if validator is None:
-                warnings.append(f"{source}: unknown configuration key {key!r} ignored{_suggestion(key)}")
-                continue
-            try:
-                values[key] = validator(raw)
-            except (ValueError, TypeError, OverflowError) as err:
-                raise ConfigError(f"{source}: key {key!r}: {err}") from None
-        return cls(source=source, **values), warnings
-
-    def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **changes)
-
-    def changed_keys(self, other: "Config") -> List[str]:
-        """The keys whose values differ between this configuration and ``other``."""
-        return [key.name for key in dataclasses.fields(self)
-                if key.compare and getattr(self, key.name) != getattr(other, key.name)]
+    validate: Callable[[Any], Any]
+    text: str
 
 
-# Keys a running daemon keeps until it restarts: a reload that changes one keeps the running
-# value and names the key in its log line. Every other key takes effect on reload.
-RESTART_KEYS = frozenset({
-    "metrics_per_service",  # the metrics' label names are fixed when they are registered
-})
-# Keys that cached answers depend on: a reload that changes one empties the check cache.
-CACHE_SHAPING_KEYS = frozenset({
-    "cache_time", "service_name_header", "http_headers_to_copy", "healthcheck_timeout", "max_upstream_body_bytes",
-    "mysql_username", "mysql_password", "postgresql_username", "postgresql_password", "postgresql_database",
-})
+@dataclass(frozen=True)
+class Key:
+    """Everything declared about one configuration key besides its name and default."""
+
+    kind: Kind
+    doc: str  # its description in the docs' table (Markdown)
+    unset: str = "unset"  # how the docs show a default of None
+    reload: bool = True  # False: a reload keeps the running value until a restart
+    shapes_cache: bool = False  # cached answers depend on it: a reload that changes it empties the cache
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """Where the YAML goes wrong and what is wrong there, on one line."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or (str(err).splitlines() or ["invalid YAML"])[0]
-    if mark is None:
-        return problem
-    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
-    if context and context_mark is not None and context_mark.line != mark.line:
-        problem += f" ({context} at line {context_mark.line + 1})"
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+KEY = "hacheck_key"
 
 
-def _suggestion(key: Any) -> str:
-    """`` (did you mean 'cache_time'?)`` for a key close to a known one, else nothing."""
-    if not isinstance(key, str):
-        return ""
-    close = difflib.get_close_matches(key, _VALIDATORS, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def key(default: Any, kind: Kind, doc: str, unset: str = "unset", reload: bool = True,
+        shapes_cache: bool = False) -> Any:
+    """A ``Config`` field: ``default`` and what ``Key`` declares about it."""
+    return field(default=default, metadata={KEY: Key(kind, doc, unset, reload, shapes_cache)})
 
 
 def _number(minimum: float, allow_equal: bool) -> Callable[[Any], float]:
@@ -257,41 +160,264 @@ def _networks(value: Any) -> Optional[Tuple[Network, ...]]:
     return tuple(networks)
 
 
-_VALIDATORS: Dict[str, Callable[[Any], Any]] = {
-    "cache_time": _number(0, allow_equal=True),
-    "service_name_header": _header_name,
-    "log_path": _log_path,
-    "mysql_username": _credential,
-    "mysql_password": _credential,
-    "postgresql_username": _credential,
-    "postgresql_password": _credential,
-    "postgresql_database": _text,
-    "rlimit_nofile": _rlimit,
-    "allow_remote_spool_changes": _boolean,
-    "http_headers_to_copy": _header_list,
-    "healthcheck_timeout": _number(0, allow_equal=False),
-    "max_clients": _positive_int,
-    "metrics_per_service": _boolean,
-    "log_repeat_interval": _number(0, allow_equal=True),
-    "remote_spool_allowed_networks": _networks,
-    "check_host_allowed_networks": _networks,
-    "request_header_timeout": _number(0, allow_equal=False),
-    "request_body_timeout": _number(0, allow_equal=False),
-    "idle_connection_timeout": _number(0, allow_equal=False),
-    "max_request_line_bytes": _positive_int,
-    "max_request_header_bytes": _positive_int,
-    "max_request_body_bytes": _positive_int,
-    "refused_request_linger": _number(0, allow_equal=True),
-    "max_reason_chars": _positive_int,
-    "cache_max_entries": _positive_int,
-    "access_counts_max_pairs": _positive_int,
-    "max_checks_per_target": _positive_int,
-    "max_checks_per_client": _positive_int,
-    "agent_request_timeout": _number(0, allow_equal=False),
-    "agent_write_timeout": _number(0, allow_equal=False),
-    "max_agent_request_bytes": _positive_int,
-    "stop_grace": _number(0, allow_equal=True),
-    "max_upstream_body_bytes": _positive_int,
-    "restart_limit_burst": _positive_int,
-    "restart_limit_interval": _number(0, allow_equal=False),
-}
+
+SECONDS_OR_ZERO = Kind(_number(0, allow_equal=True), "number of seconds, >= 0")
+SECONDS = Kind(_number(0, allow_equal=False), "number of seconds, > 0")
+WHOLE_NUMBER = Kind(_positive_int, "whole number >= 1")
+TEXT = Kind(_text, "string")
+CREDENTIAL = Kind(_credential, "string")
+HEADER_NAME = Kind(_header_name, "header name")
+HEADER_LIST = Kind(_header_list, "list of header names")
+LOG_PATH = Kind(_log_path, "`stdout`, `stderr` or a file path")
+RLIMIT = Kind(_rlimit, "`max` or a whole number")
+BOOLEAN = Kind(_boolean, "`true`/`false`")
+NETWORKS = Kind(_networks, "list of networks")
+
+
+@dataclass(frozen=True)
+class Config:
+    cache_time: float = key(
+        10.0, SECONDS_OR_ZERO, shapes_cache=True,
+        doc="how long a protocol check's result is reused; 0 turns the cache off")
+    service_name_header: Optional[str] = key(
+        None, HEADER_NAME, shapes_cache=True,
+        doc="HTTP checks send the service name in this header, and the service name joins the cache key")
+    log_path: str = key(
+        "stderr", LOG_PATH,
+        doc="where logs go; a file is reopened when logrotate moves it away (no signal needed)")
+    mysql_username: Optional[str] = key(
+        None, CREDENTIAL, shapes_cache=True,
+        doc="user for the `mysql` check")
+    mysql_password: Optional[str] = key(
+        None, CREDENTIAL, shapes_cache=True,
+        doc="password for the `mysql` check")
+    rlimit_nofile: Optional[Union[str, int]] = key(
+        None, RLIMIT, unset="unset (inherited)",
+        doc="open-files limit: `max` raises it to the hard limit; a number above the hard limit is a start-up error")
+    allow_remote_spool_changes: bool = key(
+        False, BOOLEAN,
+        doc="accept `POST /spool/...`")
+    http_headers_to_copy: Tuple[str, ...] = key(
+        ("Host",), HEADER_LIST, shapes_cache=True,
+        doc="request headers passed on to `http`/`https` upstreams")
+    healthcheck_timeout: float = key(
+        10.0, SECONDS, shapes_cache=True,
+        doc="time limit of every protocol check")
+    max_clients: int = key(
+        10, WHOLE_NUMBER,
+        doc="concurrent outbound HTTP checks (and blocking database checks)")
+    postgresql_username: Optional[str] = key(
+        None, CREDENTIAL, shapes_cache=True,
+        doc="role for the `postgresql` check")
+    postgresql_password: Optional[str] = key(
+        None, CREDENTIAL, shapes_cache=True,
+        doc="password for the `postgresql` check")
+    postgresql_database: str = key(
+        "postgres", TEXT, shapes_cache=True,
+        doc="database the `postgresql` check connects to")
+    metrics_per_service: bool = key(
+        False, BOOLEAN, reload=False,
+        doc="a `service` label on the request and duration metrics ([metrics](metrics.md#configuration))")
+    check_host_allowed_networks: Optional[Tuple[Network, ...]] = key(
+        None, NETWORKS, unset="unset: any host",
+        doc=(
+            "hosts the target headers may point checks at; others answer 403 "
+            "([security](security.md#the-target-host-headers-a-way-into-your-network))"))
+    remote_spool_allowed_networks: Optional[Tuple[Network, ...]] = key(
+        None, NETWORKS, unset="unset: any client",
+        doc=(
+            "clients allowed to `POST /spool/...` (with `allow_remote_spool_changes`) "
+            "([security](security.md#configuration-keys))"))
+    request_header_timeout: float = key(
+        10.0, SECONDS,
+        doc=(
+            "a request's line and headers must arrive within this time (from the connection's opening, or from "
+            "the first byte of a later request); else the connection is closed ([connection "
+            "limits](security.md#connection-limits))"))
+    idle_connection_timeout: float = key(
+        60.0, SECONDS,
+        doc="a kept-alive connection on which no new request starts for this long is closed")
+    request_body_timeout: float = key(
+        10.0, SECONDS,
+        doc="a request body must arrive within this time; else the connection is closed")
+    max_request_line_bytes: int = key(
+        8 * 1024, WHOLE_NUMBER,
+        doc="a longer request line answers 414")
+    max_request_header_bytes: int = key(
+        16 * 1024, WHOLE_NUMBER,
+        doc="a longer request head (line and headers) answers 431")
+    max_request_body_bytes: int = key(
+        64 * 1024, WHOLE_NUMBER,
+        doc="a longer body (by its `Content-Length`) answers 413 before it is read; a chunked body answers 411")
+    refused_request_linger: float = key(
+        1.0, SECONDS_OR_ZERO,
+        doc=(
+            "after a 411/413/414/431, and when a stop or an idle timeout closes a connection, how long what the"
+            " client still sends is read and dropped (at most `max_request_body_bytes` of it) so that it can "
+            "read the answer sent before"))
+    max_reason_chars: int = key(
+        200, WHOLE_NUMBER,
+        doc=(
+            "a downtime's reason is cut to this many characters (ending `...`) in HTTP answers and agent "
+            "answers; the tools show it whole"))
+    cache_max_entries: int = key(
+        DEFAULT_MAX_ENTRIES, WHOLE_NUMBER,
+        doc="results the cache keeps at most; when full, the oldest go first")
+    access_counts_max_pairs: int = key(
+        DEFAULT_MAX_PAIRS, WHOLE_NUMBER,
+        doc="(service, client) pairs `/status/count` counts apart; the rest are counted under `(overflow)`")
+    max_checks_per_target: int = key(
+        4, WHOLE_NUMBER,
+        doc=(
+            "uncached `http`/`https`/`haproxy`/`mysql` checks running against one host and port; more wait "
+            "within their timeout, then answer 503, not cached"))
+    max_checks_per_client: int = key(
+        8, WHOLE_NUMBER,
+        doc=(
+            "uncached `http`/`https`/`haproxy`/`mysql` checks running that one client address started; its "
+            "further requests wait up to `healthcheck_timeout`, then answer 503, not cached"))
+    max_upstream_body_bytes: int = key(
+        64 * 1024, WHOLE_NUMBER, shapes_cache=True,
+        doc=(
+            "an `http`/`https` check reads at most this much of an upstream's body; a longer one answers 503 "
+            "`Answer from ... is larger than 64 KiB; stopped reading it` at once (the HTTP client buffers at "
+            "most four times this, at least 256 KiB, from one upstream)"))
+    agent_request_timeout: float = key(
+        1.0, SECONDS,
+        doc=(
+            "how long the agent port (`-A`) waits for a client's request line; a client silent this long is "
+            "answered as for an empty line (only a downtime of `all` applies) and disconnected"))
+    agent_write_timeout: float = key(
+        5.0, SECONDS,
+        doc="how long writing an agent answer may take before the connection is dropped")
+    max_agent_request_bytes: int = key(
+        1024, WHOLE_NUMBER,
+        doc=(
+            "a longer agent request line answers `#hacheck: request longer than 1024 bytes "
+            "(max_agent_request_bytes)` (a description only: HAProxy changes nothing)"))
+    stop_grace: float = key(
+        1.0, SECONDS_OR_ZERO,
+        doc=(
+            "on a stop, how long a connection already accepted may still take to send its request, and how long"
+            " beyond `healthcheck_timeout` answers get to be written ([workers and "
+            "signals](#workers-and-signals))"))
+    restart_limit_burst: int = key(
+        5, WHOLE_NUMBER,
+        doc=(
+            "with `-n`: workers that may exit unexpectedly within `restart_limit_interval`; one more and the "
+            "supervisor stops the rest and exits 1 ([workers and signals](#workers-and-signals))"))
+    restart_limit_interval: float = key(
+        10.0, SECONDS,
+        doc="the window of `restart_limit_burst` (systemd's `StartLimitIntervalSec=`)")
+    log_repeat_interval: float = key(
+        DEFAULT_REPEAT_INTERVAL, SECONDS_OR_ZERO,
+        doc=(
+            "a warning that can repeat with every request (the spool directory unreadable, a refused host or "
+            "spool change, a refused or unrun check, a bad or refused request, out of file descriptors on "
+            "either port) is logged at most once per interval, with the number left out"))
+    source: Optional[str] = field(default=None, compare=False)
+
+    @classmethod
+    def load(cls, path: Optional[str]) -> Tuple["Config", List[str]]:
+        """Read ``path`` (None: defaults). Returns the config and warnings to log."""
+        if path is None:
+            return cls(), []
+        try:
+            with open(path, "rb") as config_file:
+                document = yaml.safe_load(config_file)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read configuration file: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not a valid YAML file: {_yaml_problem(err)}") from err
+        except RecursionError:  # absurdly nested YAML
+            raise ConfigError(f"{path}: not a valid YAML file: nested too deeply") from None
+        return cls.from_mapping(document, source=path)
+
+    @classmethod
+    def from_mapping(cls, document: Any, source: str = "<config>") -> Tuple["Config", List[str]]:
+        """Validate a parsed document. An empty document means every default."""
+        if document is None:
+            document = {}
+        if not isinstance(document, dict):
+            raise ConfigError(
+                f"{source}: the configuration must be a mapping of keys to values, "
+                f"not {type(document).__name__}"
+            )
+        values: Dict[str, Any] = {}
+        warnings = []
+        for key, raw in document.items():
+            validator = _VALIDATORS.get(key) if isinstance(key, str) else None
+            if validator is None:
+                warnings.append(f"{source}: unknown configuration key {key!r} ignored{_suggestion(key)}")
+                continue
+            try:
+                values[key] = validator(raw)
+            except (ValueError, TypeError, OverflowError) as err:
+                raise ConfigError(f"{source}: key {key!r}: {err}") from None
+        return cls(source=source, **values), warnings
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def changed_keys(self, other: "Config") -> List[str]:
+        """The keys whose values differ between this configuration and ``other``."""
+        return [key.name for key in dataclasses.fields(self)
+                if key.compare and getattr(self, key.name) != getattr(other, key.name)]
+
+
+# Every key's declaration, in the order the docs list them.
+KEYS: Dict[str, Key] = {item.name: item.metadata[KEY] for item in dataclasses.fields(Config) if KEY in item.metadata}
+_VALIDATORS: Dict[str, Callable[[Any], Any]] = {name: declared.kind.validate for name, declared in KEYS.items()}
+# Keys a running daemon keeps until it restarts: a reload that changes one keeps the running
+# value and names the key in its log line. Every other key takes effect on reload.
+RESTART_KEYS = frozenset(name for name, declared in KEYS.items() if not declared.reload)
+# Keys that cached answers depend on: a reload that changes one empties the check cache.
+CACHE_SHAPING_KEYS = frozenset(name for name, declared in KEYS.items() if declared.shapes_cache)
+
+
+def default_text(name: str) -> str:
+    """A key's default as the docs show it: `10`, `false`, `[Host]`, or ``unset...``."""
+    value = Config.__dataclass_fields__[name].default
+    if value is None:
+        return KEYS[name].unset
+    if isinstance(value, bool):
+        shown = "true" if value else "false"
+    elif isinstance(value, float) and value.is_integer():
+        shown = str(int(value))
+    elif isinstance(value, tuple):
+        shown = f"[{', '.join(value)}]"
+    else:
+        shown = str(value)
+    return f"`{shown}`"
+
+
+def markdown_table() -> str:
+    """docs/daemon.md's table of keys, made from the declarations (``python3 -m hacheck.config``)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{name}` | {declared.kind.text} | {default_text(name)} | {declared.doc} |"
+              for name, declared in KEYS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where the YAML goes wrong and what is wrong there, on one line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or ["invalid YAML"])[0]
+    if mark is None:
+        return problem
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and context_mark.line != mark.line:
+        problem += f" ({context} at line {context_mark.line + 1})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _suggestion(key: Any) -> str:
+    """`` (did you mean 'cache_time'?)`` for a key close to a known one, else nothing."""
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key, _VALIDATORS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -5,7 +5,6 @@ Without ``-n`` this is the daemon itself; with ``-n`` every worker the superviso
 (``hacheck.supervisor``) forks runs it.
 """
 
-import argparse
 import asyncio
 import gc
 import logging
@@ -26,6 +25,7 @@ from hacheck.agent import AgentServer
 from hacheck.app import make_app
 from hacheck.config import Config, ConfigError
 from hacheck.connections import ConnectionLimits, throttle_tornado_connection_lines
+from hacheck.options import Startup, StartupOptions
 from hacheck.spool import Spool
 
 log = logging.getLogger("hacheck")
@@ -35,7 +35,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # Tornado's default of 128 overflows when many checks arrive at once, and an
 # overflowed connection waits seconds for a SYN-ACK retransmission.
 LISTEN_BACKLOG = 4096
-DEFAULT_BIND_ADDRESS = "0.0.0.0"
 # The largest message between a worker and its supervisor (a pickled Config is a few KiB).
 MAX_CHANNEL_MESSAGE = 1 << 20
 
@@ -44,14 +43,14 @@ class StartupError(Exception):
     """The daemon cannot start; the message is one line for stderr."""
 
 
-def bind(args: argparse.Namespace, reuse_port: bool) -> list:
+def bind(options: StartupOptions, reuse_port: bool) -> list:
     """The HTTP ports' listening sockets, on every ``-B`` address."""
-    return _bind_all(args.ports, args.bind_addresses, reuse_port, "", backlog=LISTEN_BACKLOG)
+    return _bind_all(options.ports, options.bind_addresses, reuse_port, "", backlog=LISTEN_BACKLOG)
 
 
-def bind_agent(args: argparse.Namespace, reuse_port: bool) -> list:
+def bind_agent(options: StartupOptions, reuse_port: bool) -> list:
     """The agent ports' listening sockets (same addresses as HTTP)."""
-    return _bind_all(args.agent_ports, args.bind_addresses, reuse_port, " (agent)", backlog=LISTEN_BACKLOG)
+    return _bind_all(options.agent_ports, options.bind_addresses, reuse_port, " (agent)", backlog=LISTEN_BACKLOG)
 
 
 def _bind_all(ports: List[int], addresses: List[str], reuse_port: bool, what: str, **options) -> list:
@@ -72,12 +71,12 @@ def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def acquire_sockets(args: argparse.Namespace, handed: systemd.HandedSockets,
+def acquire_sockets(options: StartupOptions, handed: systemd.HandedSockets,
                     reuse_port: bool) -> Tuple[list, list]:
     """The HTTP and agent listening sockets: those systemd handed over, else bound as the flags say."""
-    sockets = list(handed.http) or bind(args, reuse_port)
+    sockets = list(handed.http) or bind(options, reuse_port)
     try:
-        agent_sockets = list(handed.agent) or bind_agent(args, reuse_port)
+        agent_sockets = list(handed.agent) or bind_agent(options, reuse_port)
     except StartupError:
         if not handed.http:
             for sock in sockets:
@@ -86,21 +85,21 @@ def acquire_sockets(args: argparse.Namespace, handed: systemd.HandedSockets,
     return sockets, agent_sockets
 
 
-def _where(args: argparse.Namespace, ports: List[int], handed: list) -> str:
+def _where(options: StartupOptions, ports: List[int], handed: list) -> str:
     """Where a kind of socket listens, for the start-up log line."""
     if handed:
         return ", ".join(map(systemd.describe, handed)) + " (sockets from systemd)"
-    return f"{','.join(args.bind_addresses)} port {','.join(map(str, ports))}"
+    return f"{','.join(options.bind_addresses)} port {','.join(map(str, ports))}"
 
 
-def log_handed_sockets(args: argparse.Namespace, handed: systemd.HandedSockets) -> None:
+def log_handed_sockets(options: StartupOptions, handed: systemd.HandedSockets) -> None:
     """Say once which handed sockets replace which flags."""
-    if handed.http and args.ports_given:
+    if handed.http and options.ports_given:
         log.info("serving the HTTP socket(s) systemd handed over (%s); -p %s not bound",
-                 ", ".join(map(systemd.describe, handed.http)), ",".join(map(str, args.ports)))
-    if handed.agent and args.agent_ports:
+                 ", ".join(map(systemd.describe, handed.http)), ",".join(map(str, options.ports)))
+    if handed.agent and options.agent_ports:
         log.info("serving the agent socket(s) systemd handed over (%s); -A %s not bound",
-                 ", ".join(map(systemd.describe, handed.agent)), ",".join(map(str, args.agent_ports)))
+                 ", ".join(map(systemd.describe, handed.agent)), ",".join(map(str, options.agent_ports)))
 
 
 class SystemdNotifier:
@@ -193,17 +192,18 @@ def reload_config(config_file: Optional[str], running: Config, apply: Callable[[
     notifier.reloaded(loaded is not None, line)
 
 
-async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, handed: systemd.HandedSockets,
-                reuse_port: bool, notifier, link: Optional[SupervisorLink] = None) -> None:
+async def serve(startup: Startup, config: Config, reuse_port: bool, notifier,
+                link: Optional[SupervisorLink] = None) -> None:
     """Listen, serve until a stop signal, then let requests in flight finish (bounded) and return."""
+    options, handed = startup.options, startup.handed
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # Handlers first: a stop signal that arrives once the port answers must stop cleanly.
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
-    sockets, agent_sockets = acquire_sockets(args, handed, reuse_port)
-    app = make_app(config, Spool(args.spool_root), own_ips=own_ips, access_log=args.verbose,
-                   with_mutornadomon=True, spool_on_http=args.spool_on_http)
+    sockets, agent_sockets = acquire_sockets(options, handed, reuse_port)
+    app = make_app(config, Spool(options.spool_root), own_ips=startup.own_ips, access_log=options.verbose,
+                   with_mutornadomon=True, spool_on_http=options.spool_on_http)
     state = app.settings["hacheck_state"]
     throttle_tornado_connection_lines(state.warnings)
     server = hacheck.http_server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=state.warnings,
@@ -211,10 +211,10 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     server.add_sockets(sockets)
     agent = AgentServer(state.spool, lambda: state.config, activity=state.activity, metrics=state.metrics,
                         warnings=state.warnings)
-    _take_reloads(args.config_file, loop, state, server, notifier, link)
+    _take_reloads(options.config_file, loop, state, server, notifier, link)
     await agent.start(agent_sockets)
-    _log_agent_port(args, handed, agent_sockets)
-    listening = _where(args, args.ports, handed.http)
+    _log_agent_port(options, handed, agent_sockets)
+    listening = _where(options, options.ports, handed.http)
     log.info("hacheck %s listening on %s (pid %d)", __version__, listening, os.getpid())
     # Garbage collection's full passes stop the event loop for as long as they take: with a
     # thousand checks in flight that was 50-100 ms, several times a second, and every request
@@ -253,11 +253,11 @@ async def serve(args: argparse.Namespace, config: Config, own_ips: frozenset, ha
     log.info("stopped")
 
 
-def _log_agent_port(args: argparse.Namespace, handed: systemd.HandedSockets, agent_sockets: list) -> None:
+def _log_agent_port(options: StartupOptions, handed: systemd.HandedSockets, agent_sockets: list) -> None:
     if agent_sockets:
-        log.info("agent-check answers on %s%s", _where(args, args.agent_ports, handed.agent),
-                 "; HTTP checks ignore downtimes (-S)" if not args.spool_on_http else "")
-    elif not args.spool_on_http:
+        log.info("agent-check answers on %s%s", _where(options, options.agent_ports, handed.agent),
+                 "; HTTP checks ignore downtimes (-S)" if not options.spool_on_http else "")
+    elif not options.spool_on_http:
         log.warning("-S without -A: HTTP checks ignore downtimes and no agent port reports them")
 
 
@@ -286,10 +286,11 @@ def _stop_when_orphaned(link: SupervisorLink, stop: asyncio.Event) -> None:
     tornado.ioloop.PeriodicCallback(check, 1000).start()
 
 
-def run_worker(args, config, own_ips, handed: systemd.HandedSockets, reuse_port: bool, notifier,
+def run_worker(startup: Startup, config: Config, reuse_port: bool, notifier,
                link: Optional[SupervisorLink] = None) -> int:
+    """Serve until stopped in this process (the lone one, or a worker of -n): 0, or 1 when it cannot start."""
     try:
-        asyncio.run(serve(args, config, own_ips, handed, reuse_port, notifier, link))
+        asyncio.run(serve(startup, config, reuse_port, notifier, link))
     except StartupError as err:
         log.error("%s", err)
         if config.log_path not in ("stdout", "stderr"):

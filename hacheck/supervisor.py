@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Set
 import hacheck.reload
 from hacheck import metrics, systemd
 from hacheck.config import Config
+from hacheck.options import Startup
 from hacheck.server import MAX_CHANNEL_MESSAGE, STOP_SIGNALS, SupervisorLink, SystemdNotifier, run_worker
 
 log = logging.getLogger("hacheck")
@@ -163,8 +164,8 @@ class Arbiter:
     """Runs ``-n`` workers sharing the listening sockets (handed over by systemd, or each binds them with
     SO_REUSEPORT); ``run`` returns the exit code."""
 
-    def __init__(self, args, config: Config, own_ips: frozenset, handed: systemd.HandedSockets):
-        self.args, self.own_ips, self.handed = args, own_ips, handed
+    def __init__(self, startup: Startup, config: Config):
+        self.startup = startup
         self.config, self.generation = config, 1
         self.workers: Dict[int, Worker] = {}
         self.signals: List[int] = []
@@ -213,7 +214,7 @@ class Arbiter:
     def run(self) -> int:
         self._install_signals()
         try:
-            for _ in range(self.args.num_procs):
+            for _ in range(self.startup.options.num_procs):
                 self._start_worker()
             while True:
                 self._take_signals()
@@ -256,7 +257,7 @@ class Arbiter:
         close_in_child = [self.wakeup_read, self.wakeup_write,
                           *(other.channel.fileno() for other in self.workers.values())]
         config = self.config
-        worker.start(lambda link: run_worker(self.args, config, self.own_ips, self.handed, True, link, link),
+        worker.start(lambda link: run_worker(self.startup, config, True, link, link),
                      close_in_child)
         self.workers[worker.pid] = worker
 
@@ -279,7 +280,7 @@ class Arbiter:
         if generation != self.generation and self.stop_signal is None:
             worker.send_config(self.generation, self.config)  # a reload came while it was starting
         if self.starting_up and all(other.ready for other in self.workers.values()) \
-                and len(self.workers) == self.args.num_procs:
+                and len(self.workers) == self.startup.options.num_procs:
             self.starting_up = False
             if self.stop_signal is None:
                 systemd.notify_ready(f"serving with {len(self.workers)} workers")
@@ -347,7 +348,7 @@ class Arbiter:
     def _begin_reload(self) -> None:
         """Read and validate the file once; hand the same configuration to every worker."""
         self.notifier.reloading()
-        loaded, line = hacheck.reload.reload(self.config, self.args.config_file)
+        loaded, line = hacheck.reload.reload(self.config, self.startup.options.config_file)
         if loaded is None:
             log.error("%s", line)
             self.notifier.reloaded(False, line)
@@ -361,6 +362,6 @@ class Arbiter:
         self._reload()  # no worker to wait for: done now
 
 
-def supervise(args, config: Config, own_ips: frozenset, handed: systemd.HandedSockets) -> int:
+def supervise(startup: Startup, config: Config) -> int:
     """Run ``-n`` workers until a stop signal (exit 0) or until they keep exiting (exit 1)."""
-    return Arbiter(args, config, own_ips, handed).run()
+    return Arbiter(startup, config).run()

@@ -1,8 +1,12 @@
 """Configuration (docs/daemon.md, "Configuration"): every key, its default, wrong types, unknown keys, empty files."""
 
-import pytest
+import shlex
 
-from hacheck.config import Config, ConfigError
+import pytest
+import yaml
+
+from hacheck.config import CACHE_SHAPING_KEYS, KEYS, RESTART_KEYS, Config, ConfigError, default_text, markdown_table
+from tests.conftest import REPO_ROOT
 
 DEFAULTS = {
     "cache_time": 10.0,
@@ -35,6 +39,12 @@ DEFAULTS = {
     "max_upstream_body_bytes": 65536,
     "restart_limit_burst": 5,
     "restart_limit_interval": 10.0,
+    "postgresql_username": None,
+    "postgresql_password": None,
+    "postgresql_database": "postgres",
+    "metrics_per_service": False,
+    "remote_spool_allowed_networks": None,
+    "check_host_allowed_networks": None,
 }
 
 GOOD_VALUES = [
@@ -189,3 +199,64 @@ def test_quoted_boolean_is_called_a_string(tmp_path, quoted):
     with pytest.raises(ConfigError) as raised:
         Config.load(path)
     assert f"got the string {quoted.strip(chr(34)).strip(chr(39))!r}: write it without quotes" in str(raised.value)
+
+
+# --- one declaration per key: the docs come from it, or are checked against it ------------------
+
+
+def test_every_key_is_declared_once_with_its_default():
+    assert list(KEYS) == [name for name in Config.__dataclass_fields__ if name != "source"]
+    assert set(KEYS) == set(DEFAULTS)
+
+
+def test_the_reload_policy_comes_from_the_declarations():
+    assert RESTART_KEYS == {"metrics_per_service"}
+    assert "cache_time" in CACHE_SHAPING_KEYS and "max_clients" not in CACHE_SHAPING_KEYS
+
+
+def test_the_docs_table_is_made_from_the_declarations():
+    """docs/daemon.md's table of keys is what `python3 -m hacheck.config` prints; change the
+    declaration in hacheck/config.py and paste the table again."""
+    daemon_page = (REPO_ROOT / "docs" / "daemon.md").read_text(encoding="utf-8")
+    start = daemon_page.index("| key | type | default | meaning |")
+    assert daemon_page[start:daemon_page.index("\n\n", start) + 1] == markdown_table()
+
+
+def _troff_words(line: str) -> str:
+    """A man page's ``.BR`` line as read: its arguments (bold and roman in turn) joined."""
+    return "".join(shlex.split(line[len(".BR "):])).replace("\\-", "-")
+
+
+def _manual_page_definitions() -> dict:
+    """hacheck.yaml(5)'s key definitions: name -> what its ``.BR`` line reads, e.g. ``(number of seconds,
+    > 0; default 10)`` (a line may define two keys: ``.BR mysql_username ", " mysql_password " (...)"``)."""
+    page = (REPO_ROOT / "man" / "hacheck.yaml.5").read_text(encoding="utf-8")
+    definitions = {}
+    for line in page.splitlines():
+        text = _troff_words(line) if line.startswith(".BR ") else ""
+        if "; default " in text:
+            names, _, rest = text.partition(" (")
+            definitions.update({name: f"({rest}" for name in names.split(", ")})
+    return definitions
+
+
+@pytest.mark.parametrize("name", list(KEYS))
+def test_the_manual_page_gives_each_key_its_declared_kind_and_default(name):
+    kind = KEYS[name].kind.text.replace("`", "")
+    default = default_text(name).replace("`", "")
+    assert _manual_page_definitions().get(name) == f"({kind}; default {default})"
+
+
+@pytest.mark.parametrize("name", list(KEYS))
+def test_the_debian_conffile_shows_each_declared_default(name):
+    lines = (REPO_ROOT / "debian" / "hacheck.yaml").read_text(encoding="utf-8").splitlines()
+    first = next(index for index, line in enumerate(lines) if line.startswith(f"#{name}:"))
+    value = lines[first].split(":", 1)[1].strip()
+    items = []
+    for line in lines[first + 1:]:
+        if not line.startswith("#  - "):
+            break
+        items.append(line[len("#  - "):])
+    shown = yaml.safe_load(value) if value else (items or None)
+    default = Config.__dataclass_fields__[name].default
+    assert shown == (list(default) if isinstance(default, tuple) else default)
