@@ -158,7 +158,7 @@ done
 "${CLEAN[@]}" "$PY" - <<'EOF' || fail "hacheck does not run on Debian's python3 libraries"
 import sys
 import tornado, yaml, pymysql, redis, asyncpg, prometheus_client
-import hacheck, hacheck.main, hacheck.cli
+import hacheck, hacheck.process.main, hacheck.cli
 for module in (tornado, yaml, pymysql, redis, asyncpg, prometheus_client, hacheck):
     assert module.__file__.startswith("/usr/lib/python3/dist-packages/"), module.__file__
 print(f"   python {sys.version.split()[0]}, tornado {tornado.version}, hacheck {hacheck.__version__}"

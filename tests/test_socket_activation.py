@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hacheck import systemd
+from hacheck.process import systemd
 from tests.conftest import http_request, listening_socket, port_open, unused_port
 
 AGENT_QUESTION = b"web\n"

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from hacheck import systemd
+from hacheck.process import systemd
 from tests.conftest import port_open, tool_argv, tool_env, unused_port
 
 READY_TIMEOUT = 30  # generous: other helpers load this 2-core machine
@@ -50,7 +50,7 @@ def test_notify_sends_to_an_abstract_socket(monkeypatch):
 def test_notify_to_a_missing_socket_warns_and_returns_false(tmp_path, monkeypatch, caplog):
     missing = str(tmp_path / "nobody-listens")
     monkeypatch.setenv("NOTIFY_SOCKET", missing)
-    with caplog.at_level(logging.WARNING, logger="hacheck.systemd"):
+    with caplog.at_level(logging.WARNING, logger="hacheck.process.systemd"):
         assert systemd.notify("READY=1") is False
     assert missing in caplog.text
 

@@ -330,7 +330,7 @@ for module in (tornado.ioloop, tornado.platform.asyncio):
 tornado.ioloop.IOLoop._run_callback_elsewhere = tornado.ioloop.IOLoop._run_callback
 del tornado.ioloop.IOLoop._run_callback
 
-from hacheck.main import main
+from hacheck.process.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

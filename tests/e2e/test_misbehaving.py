@@ -20,7 +20,7 @@ SPOOL_BOUND = 0.050
 # Every sample must be under SPOOL_BOUND. (Single samples of 60-110 ms used to show up
 # with a thousand checks in flight: full garbage collections over everything alive,
 # measured with gc.callbacks. The daemon now freezes what it made at start-up and
-# runs full passes less often; see hacheck/server.py.)
+# runs full passes less often; see hacheck/process/server.py.)
 
 # The thousand hung checks arrive over about two seconds (25 every 50 ms), the way
 # HAProxy spreads its checks, and each hangs for 3 s: so all 1000 are in flight

@@ -5,13 +5,14 @@ import signal
 import sys
 from typing import List, Optional
 
-import hacheck.reload
-from hacheck import metrics, options, systemd
+import hacheck.process.reload
+from hacheck import metrics
 from hacheck.app import own_ip_addresses
 from hacheck.config import ConfigError
-from hacheck.server import SystemdNotifier, log_handed_sockets, run_worker
+from hacheck.process import options, systemd
+from hacheck.process.server import SystemdNotifier, log_handed_sockets, run_worker
+from hacheck.process.supervisor import supervise
 from hacheck.spool import Spool, SpoolError
-from hacheck.supervisor import supervise
 
 log = logging.getLogger("hacheck")
 
@@ -19,7 +20,7 @@ log = logging.getLogger("hacheck")
 def main(argv: Optional[List[str]] = None) -> int:
     flags = options.parse(argv)
     if flags.check_config:
-        result = hacheck.reload.check_config(flags.config_file)
+        result = hacheck.process.reload.check_config(flags.config_file)
         (sys.stdout if result.code == 0 else sys.stderr).write(result.line + "\n")
         if result.refused_status is not None:
             # As the unit's ExecReload (NotifyAccess=exec), the refusal becomes the service's status:
@@ -29,11 +30,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     # A reload signal that comes before the daemon can reload must not stop it (the default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        loaded = hacheck.reload.load(flags.config_file)
-        hacheck.reload.setup_logging(loaded.log_handler, flags.verbose)
+        loaded = hacheck.process.reload.load(flags.config_file)
+        hacheck.process.reload.setup_logging(loaded.log_handler, flags.verbose)
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        hacheck.reload.apply_rlimit(loaded.config)
+        hacheck.process.reload.apply_rlimit(loaded.config)
         Spool(flags.spool_root).ensure_root()
         handed = systemd.listen_sockets()
     except (ConfigError, SpoolError, systemd.SocketActivationError) as err:

@@ -2,7 +2,7 @@
 reload on SIGHUP, and a stop bounded whatever clients do.
 
 Without ``-n`` this is the daemon itself; with ``-n`` every worker the supervisor
-(``hacheck.supervisor``) forks runs it.
+(``hacheck.process.supervisor``) forks runs it.
 """
 
 import asyncio
@@ -19,13 +19,14 @@ import tornado.ioloop
 import tornado.netutil
 
 import hacheck.http_server
-import hacheck.reload
-from hacheck import __version__, metrics, systemd
+import hacheck.process.reload
+from hacheck import __version__, metrics
 from hacheck.agent import AgentServer
 from hacheck.app import make_app
 from hacheck.config import Config, ConfigError
 from hacheck.connections import ConnectionLimits, throttle_tornado_connection_lines
-from hacheck.options import Startup, StartupOptions
+from hacheck.process import systemd
+from hacheck.process.options import Startup, StartupOptions
 from hacheck.spool import Spool
 
 log = logging.getLogger("hacheck")
@@ -116,7 +117,7 @@ class SystemdNotifier:
 
 
 class SupervisorLink:
-    """A worker's side of its channel to the supervisor (``hacheck.supervisor``), which reports to systemd.
+    """A worker's side of its channel to the supervisor (``hacheck.process.supervisor``), which reports to systemd.
 
     The worker says ``("ready", generation)`` once it listens and ``("reloaded", generation, ok)`` after each
     configuration the supervisor sent it (``("config", generation, Config)``): the supervisor reads the file,
@@ -169,12 +170,12 @@ def apply_received_config(config: Config, generation: int, apply: Callable[[Conf
     """A worker takes the configuration its supervisor read: its own open-files limit and log file, then
     the application's objects. False (the running configuration kept) when this process cannot."""
     try:
-        hacheck.reload.apply_rlimit(config)
-        handler = hacheck.reload.open_log_handler(config)
+        hacheck.process.reload.apply_rlimit(config)
+        handler = hacheck.process.reload.open_log_handler(config)
     except ConfigError as err:
         log.error("configuration generation %d not applied, running configuration kept: %s", generation, err)
         return False
-    hacheck.reload.install_log_handler(handler)
+    hacheck.process.reload.install_log_handler(handler)
     apply(config, generation)
     log.info("reloaded configuration generation %d from the supervisor", generation)
     return True
@@ -183,7 +184,7 @@ def apply_received_config(config: Config, generation: int, apply: Callable[[Conf
 def reload_config(config_file: Optional[str], running: Config, apply: Callable[[Config], str], notifier) -> None:
     """SIGHUP: read the configuration file again and ``apply`` a valid one (it returns a note for the log line)."""
     notifier.reloading()
-    loaded, line = hacheck.reload.reload(running, config_file)
+    loaded, line = hacheck.process.reload.reload(running, config_file)
     if loaded is None:
         log.error("%s", line)
     else:

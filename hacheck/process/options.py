@@ -11,8 +11,9 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from hacheck import __version__, systemd
+from hacheck import __version__
 from hacheck.names import InvalidName, parse_port
+from hacheck.process import systemd
 from hacheck.spool import DEFAULT_SPOOL_ROOT
 
 DEFAULT_PORT = 3333

@@ -4,7 +4,7 @@
 Signal handlers only queue the signal and wake the loop (``signal.set_wakeup_fd``); the one loop in
 ``Arbiter.run`` does everything, in order: take the signals, reap, restart, reload, stop. The supervisor
 alone reads the configuration file: each worker gets the parsed configuration over its channel (a
-``SOCK_SEQPACKET`` socket pair; ``hacheck.server.SupervisorLink`` is the worker's side) or, for a worker
+``SOCK_SEQPACKET`` socket pair; ``hacheck.process.server.SupervisorLink`` is the worker's side) or, for a worker
 started later, at the fork.
 """
 
@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set
 
-import hacheck.reload
-from hacheck import metrics, systemd
+import hacheck.process.reload
+from hacheck import metrics
 from hacheck.config import Config
-from hacheck.options import Startup
-from hacheck.server import MAX_CHANNEL_MESSAGE, STOP_SIGNALS, SupervisorLink, SystemdNotifier, run_worker
+from hacheck.process import systemd
+from hacheck.process.options import Startup
+from hacheck.process.server import MAX_CHANNEL_MESSAGE, STOP_SIGNALS, SupervisorLink, SystemdNotifier, run_worker
 
 log = logging.getLogger("hacheck")
 
@@ -348,7 +349,7 @@ class Arbiter:
     def _begin_reload(self) -> None:
         """Read and validate the file once; hand the same configuration to every worker."""
         self.notifier.reloading()
-        loaded, line = hacheck.reload.reload(self.config, self.startup.options.config_file)
+        loaded, line = hacheck.process.reload.reload(self.config, self.startup.options.config_file)
         if loaded is None:
             log.error("%s", line)
             self.notifier.reloaded(False, line)
