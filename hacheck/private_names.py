@@ -27,10 +27,10 @@ In use:
   multiprocess mode (it decides once, at import), so that a worker never
   counts in memory what the others write to files.
 
-The bounded connections (``hacheck.connections``) use public API only: the
+The bounded connections (``hacheck.web.connections``) use public API only: the
 ``IOStream`` methods a subclass may override, ``HTTP1Connection.detach`` and
 the ``HTTPMessageDelegate`` interface. The accept loop
-(``hacheck.http_server.add_pausing_accept_handler``) does what Tornado's
+(``hacheck.web.http_server.add_pausing_accept_handler``) does what Tornado's
 ``TCPServer`` does when it accepts, with ``handle_stream``, its documented
 extension point.
 """

@@ -9,9 +9,9 @@ import time
 import pytest
 import tornado.netutil
 
-from hacheck.agent import AgentServer, BadAgentRequest, parse_request
 from hacheck.config import Config
 from hacheck.spool import Spool
+from hacheck.web.agent import AgentServer, BadAgentRequest, parse_request
 from tests.conftest import start_hacheck, tool_argv, tool_env, unused_port
 
 READ_TIMEOUT = 0.3

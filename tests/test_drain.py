@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from hacheck.app import make_app
 from hacheck.config import Config
 from hacheck.spool import STATE_DRAIN, Downtime, Spool, parse_downtime
+from hacheck.web.app import make_app
 from tests.checks.upstreams import accepting, http_upstream
 from tests.conftest import tool_argv, tool_env, unused_port
 

@@ -9,8 +9,8 @@ import pytest
 
 from hacheck import __version__
 from hacheck.activity import Activity
-from hacheck.app import make_app
 from hacheck.config import Config
+from hacheck.web.app import make_app
 from tests.checks.upstreams import accepting, full_backlog_listener, http_upstream, silent_listener, tls_server_context
 from tests.conftest import FakeClock, unused_port
 
@@ -534,7 +534,7 @@ async def test_mutornadomon_is_not_served_unless_enabled(get):
 def test_mutornadomon_filter_lets_only_loopback_in(address, allowed):
     from types import SimpleNamespace
 
-    from hacheck.tornado_stats import is_localhost
+    from hacheck.web.tornado_stats import is_localhost
 
     assert is_localhost(SimpleNamespace(remote_ip=address)) is allowed
 

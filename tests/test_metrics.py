@@ -17,10 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from hacheck.app import make_app
 from hacheck.cache import CheckCache
 from hacheck.config import Config, ConfigError
-from hacheck.handlers import ROUTE_NAMES
+from hacheck.web.app import make_app
+from hacheck.web.handlers import ROUTE_NAMES
 from tests.checks.upstreams import accepting
 from tests.conftest import FakeClock, http_request
 from tests.e2e.support import operator_tool, threaded_upstream

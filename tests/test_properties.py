@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hacheck.config import Config, ConfigError
-from hacheck.handlers import BadRequest, choose_target, parse_server_state
 from hacheck.names import is_host
 from hacheck.spool import LOCALHOST, MAX_READ_BYTES, Downtime, Spool
+from hacheck.web.handlers import BadRequest, choose_target, parse_server_state
 from tests.conftest import start_hacheck, unused_port
 
 # Small by default; fuzz/run.py raises it through HACHECK_PROPERTY_EXAMPLES.

@@ -6,13 +6,13 @@ import sys
 from typing import List, Optional
 
 import hacheck.process.reload
-from hacheck import metrics
-from hacheck.app import own_ip_addresses
 from hacheck.config import ConfigError
 from hacheck.process import options, systemd
 from hacheck.process.server import SystemdNotifier, log_handed_sockets, run_worker
 from hacheck.process.supervisor import supervise
 from hacheck.spool import Spool, SpoolError
+from hacheck.web import metrics
+from hacheck.web.app import own_ip_addresses
 
 log = logging.getLogger("hacheck")
 

@@ -18,16 +18,16 @@ from typing import Callable, List, Optional, Tuple
 import tornado.ioloop
 import tornado.netutil
 
-import hacheck.http_server
 import hacheck.process.reload
-from hacheck import __version__, metrics
-from hacheck.agent import AgentServer
-from hacheck.app import make_app
+from hacheck import __version__
 from hacheck.config import Config, ConfigError
-from hacheck.connections import ConnectionLimits, throttle_tornado_connection_lines
 from hacheck.process import systemd
 from hacheck.process.options import Startup, StartupOptions
 from hacheck.spool import Spool
+from hacheck.web import http_server, metrics
+from hacheck.web.agent import AgentServer
+from hacheck.web.app import make_app
+from hacheck.web.connections import ConnectionLimits, throttle_tornado_connection_lines
 
 log = logging.getLogger("hacheck")
 
@@ -207,8 +207,8 @@ async def serve(startup: Startup, config: Config, reuse_port: bool, notifier,
                    with_mutornadomon=True, spool_on_http=options.spool_on_http)
     state = app.settings["hacheck_state"]
     throttle_tornado_connection_lines(state.warnings)
-    server = hacheck.http_server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=state.warnings,
-                                       xheaders=False)
+    server = http_server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=state.warnings,
+                                    xheaders=False)
     server.add_sockets(sockets)
     agent = AgentServer(state.spool, lambda: state.config, activity=state.activity, metrics=state.metrics,
                         warnings=state.warnings)

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set
 
 import hacheck.process.reload
-from hacheck import metrics
 from hacheck.config import Config
 from hacheck.process import systemd
 from hacheck.process.options import Startup
 from hacheck.process.server import MAX_CHANNEL_MESSAGE, STOP_SIGNALS, SupervisorLink, SystemdNotifier, run_worker
+from hacheck.web import metrics
 
 log = logging.getLogger("hacheck")
 

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hacheck.checks import REGISTRY
-from hacheck.handlers import ROUTE_NAMES
 from hacheck.spool import Spool
+from hacheck.web.handlers import ROUTE_NAMES
 from tests.conftest import REPO_ROOT, http_request, importable, require, start_hacheck, tool_argv, tool_env, unused_port
 from tests.e2e.support import ask_agent, operator_tool
 
@@ -184,7 +184,7 @@ def test_mutornadomon_without_psutil_is_not_served_saying_so(tmp_path):
                                "but cannot be imported: module psutil is missing")
     finally:
         daemon.stop()
-    assert "WARNING hacheck.tornado_stats: /mutornadomon is not served" in daemon.output()
+    assert "WARNING hacheck.web.tornado_stats: /mutornadomon is not served" in daemon.output()
 
 
 def _can_bind(address: str) -> bool:

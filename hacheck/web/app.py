@@ -10,16 +10,16 @@ import tornado.web
 
 from hacheck import __version__
 from hacheck.activity import Activity
-from hacheck.agent import AGENT_PROTOCOL
 from hacheck.cache import CheckCache
 from hacheck.checks.base import SharedResources
 from hacheck.config import CACHE_SHAPING_KEYS, Config
-from hacheck.handlers import ROUTE_NAMES, NotFoundHandler, routes
 from hacheck.inflight import InFlightChecks
-from hacheck.metrics import Metrics
 from hacheck.spool import Spool, SpoolWriter
 from hacheck.throttled_log import ThrottledLog
-from hacheck.tornado_stats import TornadoStats, tornado_stats_if_available
+from hacheck.web.agent import AGENT_PROTOCOL
+from hacheck.web.handlers import ROUTE_NAMES, NotFoundHandler, routes
+from hacheck.web.metrics import Metrics
+from hacheck.web.tornado_stats import TornadoStats, tornado_stats_if_available
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The HTTP server: an accept loop that pauses instead of spinning when file descriptors run out,
-and connections kept to their bounds (``hacheck.connections``).
+and connections kept to their bounds (``hacheck.web.connections``).
 
 Tornado's own accept loop lets ``EMFILE`` escape: the listening socket stays
 readable, so the event loop calls it again at once and logs a traceback each
@@ -19,8 +19,8 @@ import tornado.httpserver
 from tornado.ioloop import IOLoop
 
 from hacheck import private_names
-from hacheck.connections import BoundedRequest, BoundedStream, ConnectionGuard, ConnectionLimits
 from hacheck.throttled_log import ThrottledLog
+from hacheck.web.connections import BoundedRequest, BoundedStream, ConnectionGuard, ConnectionLimits
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import Callable, List, Optional, Tuple
 
 from hacheck.activity import Activity
 from hacheck.config import Config
-from hacheck.http_server import add_pausing_accept_handler
-from hacheck.metrics import Metrics
 from hacheck.names import PORT_PATTERN, SERVICE_PATTERN, InvalidName, check_service_name, parse_port
 from hacheck.spool import ALL, Spool, SpoolError, report_unreadable, shown_reason
 from hacheck.throttled_log import ThrottledLog
+from hacheck.web.http_server import add_pausing_accept_handler
+from hacheck.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
