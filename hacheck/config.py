@@ -23,8 +23,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import yaml
 
 from hacheck.activity import DEFAULT_MAX_PAIRS
-from hacheck.cache import DEFAULT_MAX_ENTRIES
 from hacheck.throttled_log import DEFAULT_REPEAT_INTERVAL
+
+# Results the check cache keeps at most: declared here, as checks/ imports the configuration, never the
+# other way round.
+DEFAULT_CACHE_MAX_ENTRIES = 10000
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -261,7 +264,7 @@ class Config:
             "a downtime's reason is cut to this many characters (ending `...`) in HTTP answers and agent "
             "answers; the tools show it whole"))
     cache_max_entries: int = key(
-        DEFAULT_MAX_ENTRIES, WHOLE_NUMBER,
+        DEFAULT_CACHE_MAX_ENTRIES, WHOLE_NUMBER,
         doc="results the cache keeps at most; when full, the oldest go first")
     access_counts_max_pairs: int = key(
         DEFAULT_MAX_PAIRS, WHOLE_NUMBER,

@@ -50,7 +50,7 @@ def test_memory_is_bounded():
 
 
 def test_a_million_distinct_pairs_stay_within_the_cap():
-    from tests.test_cache import MILLION_KEYS_RSS_BOUND, rss_bytes
+    from tests.checks.test_cache import MILLION_KEYS_RSS_BOUND, rss_bytes
 
     activity = Activity(max_pairs=10000)
     before = rss_bytes()

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from hacheck.cache import CheckCache
+from hacheck.checks.cache import CheckCache
 from hacheck.config import Config, ConfigError
 from hacheck.web.app import make_app
 from hacheck.web.handlers import ROUTE_NAMES

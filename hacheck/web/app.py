@@ -10,10 +10,10 @@ import tornado.web
 
 from hacheck import __version__
 from hacheck.activity import Activity
-from hacheck.cache import CheckCache
 from hacheck.checks.base import SharedResources
+from hacheck.checks.cache import CheckCache
+from hacheck.checks.inflight import InFlightChecks
 from hacheck.config import CACHE_SHAPING_KEYS, Config
-from hacheck.inflight import InFlightChecks
 from hacheck.spool import Spool, SpoolWriter
 from hacheck.throttled_log import ThrottledLog
 from hacheck.web.agent import AGENT_PROTOCOL

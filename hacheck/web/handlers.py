@@ -21,7 +21,7 @@ import tornado.web
 
 from hacheck.checks import REGISTRY, CheckResult, Target, check_context, check_key, run_check
 from hacheck.checks.base import not_reached
-from hacheck.inflight import InFlightChecks
+from hacheck.checks.inflight import InFlightChecks
 from hacheck.names import (
     MAX_NAME_BYTES,
     PORT_PATTERN,

@@ -20,7 +20,7 @@ import time
 from typing import Awaitable, Dict, Iterable, Optional, Tuple, TypeVar
 
 from hacheck import private_names
-from hacheck.cache import CacheObserver, CheckCache
+from hacheck.checks.cache import CacheObserver, CheckCache
 from hacheck.spool import DOWNTIME_STATES, Spool, SpoolEntry, SpoolError
 
 log = logging.getLogger(__name__)

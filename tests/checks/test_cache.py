@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from hacheck.cache import CheckCache
+from hacheck.checks.cache import CheckCache
 from tests.conftest import FakeClock
 
 

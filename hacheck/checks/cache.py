@@ -18,10 +18,9 @@ from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Dict, Hashable, Optional, Tuple
 
 from hacheck import private_names
+from hacheck.config import DEFAULT_CACHE_MAX_ENTRIES
 
 COUNTER_NAMES = ("gets", "hits", "misses", "sets", "expirations", "coalesced", "evictions", "not_stored")
-# Results kept at most (configuration: ``cache_max_entries``).
-DEFAULT_MAX_ENTRIES = 10000
 
 # A dict never gives back the table it grew to, request objects caught in
 # reference cycles wait for a full garbage collection, and freed memory stays
@@ -73,7 +72,7 @@ class CacheObserver:
 
 class CheckCache:
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 observer: Optional[CacheObserver] = None, max_entries: int = DEFAULT_MAX_ENTRIES):
+                 observer: Optional[CacheObserver] = None, max_entries: int = DEFAULT_CACHE_MAX_ENTRIES):
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
