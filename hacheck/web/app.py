@@ -13,6 +13,7 @@ from hacheck.activity import Activity
 from hacheck.checks.base import SharedResources
 from hacheck.checks.cache import CheckCache
 from hacheck.checks.inflight import InFlightChecks
+from hacheck.checks.runner import CheckRunner
 from hacheck.config import CACHE_SHAPING_KEYS, Config
 from hacheck.spool import Spool, SpoolWriter
 from hacheck.throttled_log import ThrottledLog
@@ -36,7 +37,6 @@ class DaemonState:
     started_at: float = field(default_factory=time.time)
     own_ips: frozenset = frozenset()
     version: str = __version__
-    requests_in_flight: int = 0
     tornado_stats: Optional[TornadoStats] = None
     # Why /mutornadomon is not served, for its 404 (None when it is).
     tornado_stats_problem: Optional[str] = "the daemon was started without /mutornadomon"
@@ -45,6 +45,8 @@ class DaemonState:
     spool_on_http: bool = True
     # Uncached checks in flight per target and per client (max_checks_per_target, max_checks_per_client).
     in_flight_checks: InFlightChecks = field(init=False)
+    # Where each check's result comes from: the cache, a check in flight, or a new one in a slot.
+    checks: CheckRunner = field(init=False)
     # Warnings that may repeat with every request, logged at most once per log_repeat_interval.
     warnings: Optional[ThrottledLog] = None
     # POST /spool's changes, off the event loop.
@@ -57,6 +59,8 @@ class DaemonState:
         if self.warnings is None:
             self.warnings = ThrottledLog(log, self.config.log_repeat_interval)
         self.in_flight_checks = InFlightChecks(lambda: self.config)
+        self.checks = CheckRunner(self.cache, self.in_flight_checks, self.resources, self.metrics, self.warnings,
+                                  lambda: self.config)
         self.apply_config(self.config, self.config_generation)
 
     def apply_config(self, config: Config, generation: Optional[int] = None) -> None:

@@ -19,9 +19,7 @@ import tornado.escape
 import tornado.httputil
 import tornado.web
 
-from hacheck.checks import REGISTRY, CheckResult, Target, check_context, check_key, run_check
-from hacheck.checks.base import not_reached
-from hacheck.checks.inflight import InFlightChecks
+from hacheck.checks import REGISTRY, CheckResult, Target
 from hacheck.names import (
     MAX_NAME_BYTES,
     PORT_PATTERN,
@@ -392,7 +390,8 @@ class CheckHandler(PathHandler):
         if found is not None and not found[1].is_drain:
             self._answer_and_record(service, 503, down_message(*found, self.state.config.max_reason_chars))
             return None
-        key, bypass, result = self._cache_lookup(service, target, query)
+        key, bypass, result = state.checks.cached(self.protocol, service, target, query, self.request.query,
+                                                  self.request.headers)
         if result is None:
             return self._answer_after_check(service, target, query, found, key, bypass)
         self._answer_result(service, found, result)
@@ -400,7 +399,10 @@ class CheckHandler(PathHandler):
 
     async def _answer_after_check(self, service: str, target: Target, query: str,
                                   found: Optional[Tuple[str, Downtime]], key: tuple, bypass: bool) -> None:
-        self._answer_result(service, found, await self._run_or_join(service, target, query, key, bypass))
+        request = self.request
+        result = await self.state.checks.run_or_join(self.protocol, service, target, query, request.query,
+                                                     request.headers, request.remote_ip, key, bypass)
+        self._answer_result(service, found, result)
 
     def _answer_result(self, service: str, found: Optional[Tuple[str, Downtime]], result: CheckResult) -> None:
         """Answer the check's ``result``, or 404 for a draining (``found``) and otherwise healthy service."""
@@ -423,65 +425,6 @@ class CheckHandler(PathHandler):
         self.service = self.request.path.split("/", 3)[2]  # for the request count
         raise tornado.web.HTTPError(405)
 
-    def _cache_lookup(self, service: str, target: Target, query: str) -> Tuple[tuple, bool, Optional[CheckResult]]:
-        """The check's cache key, whether ``Pragma: no-cache`` asks past the cache, and the fresh result (or None)."""
-        headers = self.request.headers
-        key = check_key(self.protocol, REGISTRY[self.protocol], self.state.config, target, service, query,
-                        self.request.query, headers)
-        pragmas = headers.get_list("Pragma")
-        bypass = bool(pragmas) and "no-cache" in ",".join(pragmas).lower()
-        return key, bypass, None if bypass else self.state.cache.fresh(key)
-
-    async def _run_or_join(self, service: str, target: Target, query: str, key: tuple, bypass: bool) -> CheckResult:
-        """The check's result when none is cached: shared with the same check in flight, or run now."""
-        state = self.state
-        config = state.config
-        protocol = REGISTRY[self.protocol]
-        query_string = self.request.query
-        headers = self.request.headers
-        cache = state.cache
-        client_ip = self.request.remote_ip
-        counted = protocol.uses_outbound_slot and not cache.running(key)
-        in_flight = state.in_flight_checks
-        started = False
-
-        def run():
-            nonlocal started
-            started = True
-            # Built only when the check runs: a shared or cached result needs no context.
-            context = check_context(protocol, config, state.resources, service, query_string, headers, client_ip)
-            check = in_flight.bounded_per_target(protocol.check) if counted else protocol.check
-            checked = run_check(check, target, query if protocol.uses_query else "", context)
-            timed = state.metrics.time_check(self.protocol, service, checked)
-            return _released_after(timed, in_flight, client_ip) if counted else timed
-
-        # Counted while waiting: a stop lets these finish, and /status reports them.
-        state.requests_in_flight += 1
-        try:
-            if counted and not await in_flight.admit_client(client_ip):
-                limit = config.max_checks_per_client
-                refusal = (f"Not checked: client {client_ip} had {limit} checks in flight for "
-                           f"{config.healthcheck_timeout:.2f}s (max_checks_per_client={limit})")
-                state.warnings.warning("check refused by a bound", "%s", refusal)
-                return not_reached(refusal)
-            try:
-                result = await cache.get_or_run(key, run, bypass=bypass)
-            finally:
-                if counted and not started:  # joined a check after all: nothing of this request's to count
-                    in_flight.per_client.release(client_ip)
-        finally:
-            state.requests_in_flight -= 1
-        if not result.is_verdict:
-            state.warnings.warning("check not run", "check of %s not run: %s", service, result.message)
-        return result
-
-
-async def _released_after(check: Awaitable[CheckResult], in_flight: InFlightChecks, client_ip: str) -> CheckResult:
-    try:
-        return await check
-    finally:
-        in_flight.per_client.release(client_ip)
-
 
 class StatusHandler(BaseHandler):
     def get(self) -> None:
@@ -492,7 +435,7 @@ class StatusHandler(BaseHandler):
             "uncached_checks_in_flight": state.in_flight_checks.stats(),
             "uptime": time.time() - state.started_at,
             "outbound_request_queue_size": state.resources.outbound_queue_size(),
-            "requests_in_flight": state.requests_in_flight,
+            "requests_in_flight": state.checks.requests_in_flight,
             "version": state.version,
             "pid": os.getpid(),
             "spool": spool_status(state.spool),
