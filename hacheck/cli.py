@@ -133,6 +133,25 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
         "--spool-root", metavar="DIR", default=DEFAULT_SPOOL_ROOT,
         help="the spool directory (default: %(default)s)",
     )
+    _add_downtime_options(parser)
+    parser.add_argument(
+        "-p", "--port", metavar="PORT", type=_port, default=DEFAULT_DAEMON_PORT,
+        help="list: the port the local hacheck daemon listens on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--effective", action="store_true",
+        help="status: report the downtime checks answer with ('all', then the service, "
+             "then the service on its port), not only the entry named",
+    )
+    parser.add_argument(
+        "--json", action="store_true",
+        help="status, status_downed, list: print one JSON object per line instead of text",
+    )
+    return parser
+
+
+def _add_downtime_options(parser: argparse.ArgumentParser) -> None:
+    """What a downtime holds and names: its reason, end, port and host, and whether it drains."""
     parser.add_argument(
         "-r", "--reason", metavar="TEXT", default="",
         help="down: why the service is down (default: $SUDO_USER, else $SSH_USER, "
@@ -155,25 +174,11 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
              "an IP address or a host name",
     )
     parser.add_argument(
-        "-p", "--port", metavar="PORT", type=_port, default=DEFAULT_DAEMON_PORT,
-        help="list: the port the local hacheck daemon listens on (default: %(default)s)",
-    )
-    parser.add_argument(
         "--drain", action="store_true",
         help="down: drain instead of cutting: HTTP checks answer 404 (HAProxy's "
              "http-check disable-on-404) and the agent answers drain, so established "
              "connections finish but no new ones arrive",
     )
-    parser.add_argument(
-        "--effective", action="store_true",
-        help="status: report the downtime checks answer with ('all', then the service, "
-             "then the service on its port), not only the entry named",
-    )
-    parser.add_argument(
-        "--json", action="store_true",
-        help="status, status_downed, list: print one JSON object per line instead of text",
-    )
-    return parser
 
 
 # ---------------------------------------------------------------- output
