@@ -6,6 +6,7 @@ any folder below it, never one above.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,21 @@ def test_no_function_is_longer_than_a_screen(path):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, long
+
+
+def layout_section() -> str:
+    text = (REPO_ROOT / "docs" / "development.md").read_text()
+    start = text.index("## Code layout\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_documented_layout_names_every_module_and_only_those():
+    section = layout_section()
+    relative = [str(path.relative_to(REPO_ROOT)) for path in SOURCES
+                if path.name != "__init__.py" or path.parent.name == "checks"]
+    # The protocol modules share one row, named without their folder.
+    missing = [name for name in relative if f"`{name}`" not in section
+               and not (name.startswith("hacheck/checks/") and f"`{Path(name).name}`" in section)]
+    assert not missing, f"docs/development.md's code layout does not name {missing}"
+    named = set(re.findall(r"`(hacheck/[\w/]+\.py)`", section))
+    assert not named - set(relative), f"docs/development.md's code layout names {named - set(relative)}"
