@@ -1,6 +1,7 @@
-"""Thin Tornado handlers: parse the URL, pick the target, ask spool, cache and checks, answer.
+"""Thin Tornado handlers: parse the URL, pick the target, ask the spool and the check runner, answer.
 
-A request flows one way: target -> spool -> cached protocol check -> activity
+A request flows one way: target -> spool -> check runner (cache, check in flight,
+or a new check: hacheck/checks/runner.py) -> activity
 (seen, counted, last status) -> response. Handlers hold no state of their own;
 everything lives in the ``DaemonState`` the route table hands to each of them.
 """
