@@ -637,3 +637,15 @@ async def test_hacheck_out_of_file_descriptors_is_a_503_that_is_not_cached(get):
         assert response.code == 503
         assert "Too many open files" in text(response) and "the service was not asked" in text(response)
         assert (await get(path)).code == 200
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("condition", ["*", '"anything"', 'W/"da39a3ee5e6b4b0d3255bfef95601890afd80709"'])
+async def test_a_conditional_request_never_gets_a_304(get, condition):
+    """A health answer is never "not modified": a client (or a cache in between) asking
+    If-None-Match gets the full answer, so no state change can hide behind a 304."""
+    async with http_upstream() as upstream:
+        for path in ("/spool/web/0/", f"/http/web/{upstream.port}/"):
+            response = await get(path, headers={"If-None-Match": condition})
+            assert response.code == 200, (path, response.code)
+            assert "Etag" not in response.headers

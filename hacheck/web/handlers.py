@@ -23,6 +23,7 @@ import tornado.web
 from hacheck.checks import REGISTRY, CheckResult, Target
 from hacheck.names import (
     MAX_NAME_BYTES,
+    MAX_PORT,
     PORT_PATTERN,
     SERVICE_CHARACTERS,
     SERVICE_PATTERN,
@@ -165,6 +166,11 @@ class BaseHandler(tornado.web.RequestHandler):
         # Health answers are never conditional: a 304 would hide a state change.
         return None
 
+    def check_etag_header(self) -> bool:
+        # Never a 304 (above); and Tornado's own check looks up two headers that are not there,
+        # each a KeyError raised and caught, on every answer.
+        return False
+
     def answer(self, code: int, message: str = "") -> None:
         """Finish with ``code`` and a plain-text body (none for codes that carry none)."""
         self.set_status(code)
@@ -221,7 +227,7 @@ class PathHandler(BaseHandler):
     """
 
     def initialize(self, state, protocol: str) -> None:
-        super().initialize(state)
+        self.state = state
         self.protocol = protocol
         self.service = ""
         self._request_counted = False
@@ -230,12 +236,19 @@ class PathHandler(BaseHandler):
         """Service, port and query ("" when none) of this request's path; None once answered with 400."""
         parts = self.request.path.split("/", 4)  # "", protocol, service, port[, query]
         service = self.service = parts[2]
-        try:
-            check_service_name(service)
-            port = parse_port(parts[3], minimum=0)
-        except InvalidName as err:
-            self.answer(400, f"{sentence(str(err))}\n")
-            return None
+        port_text = parts[3]
+        # The route matched SERVICE_PATTERN and PORT_PATTERN already: what is left to check is cheap.
+        # Anything else goes through the names' own checks, which say what is wrong.
+        if len(service) <= MAX_NAME_BYTES and service not in (".", "..") and len(port_text) <= 5 \
+                and int(port_text) <= MAX_PORT:
+            port = int(port_text)
+        else:
+            try:
+                check_service_name(service)
+                port = parse_port(port_text, minimum=0)
+            except InvalidName as err:
+                self.answer(400, f"{sentence(str(err))}\n")
+                return None
         query = parts[4] if len(parts) == 5 else ""
         if "%" in query or not query.isascii():
             # As Tornado decodes a path argument, with its 400 for bytes that are not UTF-8.
