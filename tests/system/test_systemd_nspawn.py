@@ -17,6 +17,7 @@ mirror apt already uses, and cached under /var/cache/hacheck-ci (keyed by the
 package list); each run boots a copy.
 """
 
+import configparser
 import hashlib
 import json
 import os
@@ -65,10 +66,19 @@ RELOADS = 5
 SECURITY_EXPOSURE_LIMIT = 1.5
 ORIGINAL_VERSION = "0.17.0-yelp1"
 ORIGINAL_TOOLS = ("hacheck", "hadown", "haup", "hastatus", "hashowdowned", "halist")
-# Each tool of the original's virtualenv and the function it runs.
-ORIGINAL_ENTRY_POINTS = {"hacheck": "hacheck.main:main", "hadown": "hacheck.cli:hadown",
-                         "haup": "hacheck.cli:haup", "hastatus": "hacheck.cli:hastatus",
-                         "hashowdowned": "hacheck.cli:hashowdowned", "halist": "hacheck.cli:halist"}
+
+
+def console_scripts() -> dict:
+    """This tree's console scripts (setup.cfg): tool name -> ``module:function``."""
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines)
+
+
+# Each tool of the stand-in's virtualenv and the function it runs: the stand-in holds this tree's
+# own code (see build_original_standin), so these are this tree's entry points.
+ORIGINAL_ENTRY_POINTS = {tool: console_scripts()[tool] for tool in ORIGINAL_TOOLS}
 SITE_UNIT = "/etc/systemd/system/hacheck.service"
 SITE_UNIT_TEXT = """\
 [Unit]
