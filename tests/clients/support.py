@@ -243,7 +243,8 @@ def haproxy_end_to_end(tmp_path: Path, forms: List[Form], daemon, upstream_port:
             lb.wait_for(form.name, "srv", "UP", "L7OK")
         operator_tool("hadown", daemon.spool_root, "-r", "client test", "web")
         for form in forms:
-            row = lb.wait_for(form.name, "srv", "DOWN")
+            # "L7STS" exactly: while a check is running HAProxy shows "* L7STS" and a code of 0.
+            row = lb.wait_for(form.name, "srv", "DOWN", "L7STS")
             assert row["check_code"] == "503", (form.name, row)
         operator_tool("haup", daemon.spool_root, "web")
         for form in forms:

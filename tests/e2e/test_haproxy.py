@@ -18,14 +18,14 @@ def test_hadown_haup_and_upstream_errors_drive_haproxy(tmp_path, hacheck_daemon)
             assert any(path == "/health" for path, _ in upstream.requests)
 
             operator_tool("hadown", daemon.spool_root, "-r", "haproxy test", "web")
-            row = lb.wait_for("be_web", "srv", "DOWN")
+            row = lb.wait_for("be_web", "srv", "DOWN", "L7STS")
             assert row["check_code"] == "503"
 
             operator_tool("haup", daemon.spool_root, "web")
             lb.wait_for("be_web", "srv", "UP", "L7OK")
 
             upstream.code = 500
-            row = lb.wait_for("be_web", "srv", "DOWN")
+            row = lb.wait_for("be_web", "srv", "DOWN", "L7STS")
             assert row["check_code"] == "500"
 
             upstream.code = 200
@@ -62,5 +62,5 @@ def test_send_state_port_is_honoured(tmp_path, hacheck_daemon):
         }
         with haproxy(tmp_path, backends) as lb:
             lb.wait_for("be_state", "srv", "UP", "L7OK")
-            row = lb.wait_for("be_plain", "srv", "DOWN")
+            row = lb.wait_for("be_plain", "srv", "DOWN", "L7STS")
             assert row["check_code"] == "503"

@@ -79,7 +79,7 @@ backend be_agent
 
             # A failing service is DOWN, never MAINT: the two stay apart in HAProxy's view.
             upstream.code = 500
-            row = lb.wait_for("be_agent", "srv", "DOWN")
+            row = lb.wait_for("be_agent", "srv", "DOWN", "L7STS")
             assert row["check_code"] == "500"
             upstream.code = 200
             lb.wait_for("be_agent", "srv", "UP", "L7OK")
