@@ -52,6 +52,28 @@ def importable(module: str) -> bool:
     return True
 
 
+def wait_until(condition, what: str, timeout: float = 20.0):
+    """``condition()``'s first true value, asked every 50 ms; AssertionError naming ``what`` after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def children(pid: int) -> set:
+    """The pids of process ``pid``'s children (none once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return {int(child) for child in listing.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
 def unused_port() -> int:
     """A TCP port nothing listens on right now (bind to 0 and release it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -22,7 +22,7 @@ from hacheck.config import Config, ConfigError
 from hacheck.web.app import make_app
 from hacheck.web.handlers import ROUTE_NAMES
 from tests.checks.upstreams import accepting
-from tests.conftest import FakeClock, http_request
+from tests.conftest import FakeClock, children, http_request, wait_until
 from tests.e2e.support import operator_tool, threaded_upstream
 
 # --- reading a scrape ---------------------------------------------------------------
@@ -322,28 +322,13 @@ def test_one_worker_with_the_real_tools(hacheck_daemon):
     assert daemon.stop() == 0
 
 
-def children(pid: int) -> set:
-    with open(f"/proc/{pid}/task/{pid}/children") as listing:
-        return {int(child) for child in listing.read().split()}
-
-
-def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_two_workers_add_up_in_every_scrape(hacheck_daemon, tmp_path):
     metrics_parent = tmp_path / "tmp"
     metrics_parent.mkdir()
     with threaded_upstream() as (port, upstream):
         daemon = hacheck_daemon(args=["-n", "2"], config={"cache_time": 300},
                                 env={"TMPDIR": str(metrics_parent)})
-        wait_for(lambda: len(children(daemon.pid)) == 2, what="two workers")
+        wait_until(lambda: len(children(daemon.pid)) == 2, what="two workers")
         metrics_dirs = list(metrics_parent.iterdir())
         assert len(metrics_dirs) == 1 and metrics_dirs[0].name.startswith("hacheck-metrics-")
         assert oct(metrics_dirs[0].stat().st_mode & 0o777) == "0o700"
@@ -371,10 +356,10 @@ def test_two_workers_add_up_in_every_scrape(hacheck_daemon, tmp_path):
         workers = children(daemon.pid)
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(children(daemon.pid)) == 2 and victim not in children(daemon.pid),
-                 what="a replacement worker")
-        wait_for(lambda: total(scrape_daemon(daemon), "hacheck_cache_entries") == 1,
-                 what="the dead worker's cache entries to leave the sum")
+        wait_until(lambda: len(children(daemon.pid)) == 2 and victim not in children(daemon.pid),
+                   what="a replacement worker")
+        wait_until(lambda: total(scrape_daemon(daemon), "hacheck_cache_entries") == 1,
+                   what="the dead worker's cache entries to leave the sum")
         for _ in range(6):
             samples = scrape_daemon(daemon)
             assert total(samples, "hacheck_requests_total", protocol="http", code="200") == checks
@@ -387,9 +372,9 @@ def test_workers_remove_the_directory_when_the_supervisor_is_killed(hacheck_daem
     metrics_parent = tmp_path / "tmp"
     metrics_parent.mkdir()
     daemon = hacheck_daemon(args=["-n", "2"], env={"TMPDIR": str(metrics_parent)})
-    workers = wait_for(lambda: len(children(daemon.pid)) == 2 and children(daemon.pid), what="two workers")
+    workers = wait_until(lambda: len(children(daemon.pid)) == 2 and children(daemon.pid), what="two workers")
     assert len(list(metrics_parent.iterdir())) == 1
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.process.wait()
-    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}/cwd") for pid in workers), what="the workers to stop")
+    wait_until(lambda: not any(os.path.exists(f"/proc/{pid}/cwd") for pid in workers), what="the workers to stop")
     assert list(metrics_parent.iterdir()) == []

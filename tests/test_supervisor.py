@@ -12,27 +12,15 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import port_open, require_command, tool_argv, tool_env, unused_port
+from tests.conftest import children, port_open, require_command, tool_argv, tool_env, unused_port
+from tests.conftest import wait_until as shared_wait_until
 
 WAIT = 30  # generous: other helpers load this 2-core machine
 
 
-def children(pid: int) -> set:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as listing:
-            return {int(child) for child in listing.read().split()}
-    except FileNotFoundError:
-        return set()
-
-
 def wait_until(condition, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """The shared wait, with this module's longer default."""
+    return shared_wait_until(condition, what, timeout)
 
 
 def lines_with(daemon, text: str) -> list:
