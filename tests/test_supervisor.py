@@ -175,8 +175,9 @@ def config_opens(trace: Path, config: Path) -> int:
     return sum(1 for line in trace.read_text().splitlines() if "open" in line and f'"{config}"' in line)
 
 
-def start_traced(tmp_path: Path, config: Path, output: Path, trace: Path):
-    """``hacheck -n 4`` under strace (its own process group), 4 workers listening: (strace, hacheck pid).
+def start_traced(tmp_path: Path, config: Path, output: Path, trace: Path, notify_socket: socket.socket):
+    """``hacheck -n 4`` under strace (its own process group), ready (READY=1 on ``notify_socket``: the
+    supervisor knows all 4 workers ready, so a reload reaches every one): (strace, hacheck pid).
     Started again on another port when the one picked was taken meanwhile (another test's connection)."""
     strace = require_command("strace")
     for _ in range(3):
@@ -185,11 +186,14 @@ def start_traced(tmp_path: Path, config: Path, output: Path, trace: Path):
                 "--spool-root", str(tmp_path / "spool")]
         with open(output, "wb") as out:
             tracer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env=tool_env(), start_new_session=True)
+                                      env=tool_env(NOTIFY_SOCKET=notify_socket.getsockname()),
+                                      start_new_session=True)
+        told = []
         try:
             (pid,) = wait_until(lambda started=tracer: children(started.pid), "hacheck under strace")
-            wait_until(lambda started=tracer: started.poll() is not None or
-                       output.read_text().count("listening on") == 4, "4 workers listening")
+            wait_until(lambda started=tracer, told=told: started.poll() is not None or
+                       told.extend(notifications(notify_socket)) or any(m.get("READY") == "1" for m in told),
+                       "4 workers ready")
         except BaseException:
             os.killpg(tracer.pid, signal.SIGKILL)
             tracer.wait()
@@ -203,7 +207,10 @@ def start_traced(tmp_path: Path, config: Path, output: Path, trace: Path):
 def test_one_read_of_the_configuration_file_per_reload(tmp_path):
     config, trace, output = tmp_path / "hacheck.yaml", tmp_path / "trace", tmp_path / "output"
     config.write_text("cache_time: 1\n")
-    tracer, pid = start_traced(tmp_path, config, output, trace)
+    notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_socket.bind(str(tmp_path / "notify"))
+    notify_socket.setblocking(False)
+    tracer, pid = start_traced(tmp_path, config, output, trace, notify_socket)
     try:
         for reload in range(1, 4):
             config.write_text(f"cache_time: {reload + 1}\n")
@@ -214,6 +221,7 @@ def test_one_read_of_the_configuration_file_per_reload(tmp_path):
         os.kill(pid, signal.SIGTERM)
         assert tracer.wait(WAIT) == 0
     finally:
+        notify_socket.close()
         if tracer.poll() is None:
             os.killpg(tracer.pid, signal.SIGKILL)
             tracer.wait()
