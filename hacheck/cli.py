@@ -718,8 +718,9 @@ def wait_for_load_balancers(prog: str, options, direction: str, changed_at: floa
             view = read_lb_view(options)
         except ToolError as err:
             raise ToolError(f"{err}; {CHANGE_MADE[direction]}") from None
-        if first and _no_load_balancer(options, view) is not None:
-            _note(prog, f"error: {_no_load_balancer(options, view)} ({CHANGE_MADE[direction]})")
+        problem = _no_load_balancer(options, view) if first else None
+        if problem is not None:
+            _note(prog, f"error: {problem} ({CHANGE_MADE[direction]})")
             return EXIT_NO_LOAD_BALANCER
         first = False
         for report in wait.take(view):
