@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from hacheck import lb_view
 from hacheck.activity import DEFAULT_MAX_PAIRS
 from hacheck.throttled_log import DEFAULT_REPEAT_INTERVAL
 
@@ -318,6 +319,16 @@ class Config:
             "a warning that can repeat with every request (the spool directory unreadable, a refused host or "
             "spool change, a refused or unrun check, a bad or refused request, out of file descriptors on "
             "either port) is logged at most once per interval, with the number left out"))
+    lb_view_window: float = key(
+        lb_view.DEFAULT_WINDOW, SECONDS,
+        doc=(
+            "how long a load balancer's last `send-state` report stays in the view (`/status/lb`, `hastatus --lb`, "
+            "`hadown --wait`; [HAProxy](haproxy.md#what-every-load-balancer-thinks)): one that stops checking "
+            "leaves it after this"))
+    lb_view_max_entries: int = key(
+        lb_view.DEFAULT_MAX_ENTRIES, WHOLE_NUMBER,
+        doc="(node, backend, server) reports the view keeps at most (and metric series it shows); when full, "
+            "the least recently reported go first")
     source: Optional[str] = field(default=None, compare=False)
 
     @classmethod

@@ -39,6 +39,8 @@ DEFAULTS = {
     "max_upstream_body_bytes": 65536,
     "restart_limit_burst": 5,
     "restart_limit_interval": 10.0,
+    "lb_view_window": 60.0,
+    "lb_view_max_entries": 10000,
     "postgresql_username": None,
     "postgresql_password": None,
     "postgresql_database": "postgres",
@@ -80,6 +82,8 @@ GOOD_VALUES = [
     ("max_upstream_body_bytes", "1048576", 1048576),
     ("restart_limit_burst", "20", 20),
     ("restart_limit_interval", "2.5", 2.5),
+    ("lb_view_window", "3", 3.0),
+    ("lb_view_max_entries", "100", 100),
 ]
 
 BAD_VALUES = [
@@ -112,6 +116,8 @@ BAD_VALUES = [
     ("max_upstream_body_bytes", "0"),
     ("restart_limit_burst", "0"),
     ("restart_limit_interval", "0"),
+    ("lb_view_window", "0"),
+    ("lb_view_max_entries", "0"),
 ]
 
 

@@ -329,9 +329,10 @@ def test_two_workers_add_up_in_every_scrape(hacheck_daemon, tmp_path):
         daemon = hacheck_daemon(args=["-n", "2"], config={"cache_time": 300},
                                 env={"TMPDIR": str(metrics_parent)})
         wait_until(lambda: len(children(daemon.pid)) == 2, what="two workers")
-        metrics_dirs = list(metrics_parent.iterdir())
-        assert len(metrics_dirs) == 1 and metrics_dirs[0].name.startswith("hacheck-metrics-")
-        assert oct(metrics_dirs[0].stat().st_mode & 0o777) == "0o700"
+        # Two private directories: the workers' metrics, and their load balancers' reports (lb_view).
+        private_dirs = sorted(metrics_parent.iterdir())
+        assert [path.name.rsplit("-", 1)[0] for path in private_dirs] == ["hacheck-lb-view", "hacheck-metrics"]
+        assert [oct(path.stat().st_mode & 0o777) for path in private_dirs] == ["0o700", "0o700"]
         checks = 40
         for _ in range(checks):
             assert http_request(daemon.port, f"/http/web/{port}/health")[0] == 200
@@ -365,7 +366,7 @@ def test_two_workers_add_up_in_every_scrape(hacheck_daemon, tmp_path):
             assert total(samples, "hacheck_requests_total", protocol="http", code="200") == checks
             assert total(samples, "hacheck_cache_entries") == 1
     assert daemon.stop() == 0
-    assert list(metrics_parent.iterdir()) == []  # the supervisor removed its directory
+    assert list(metrics_parent.iterdir()) == []  # the supervisor removed its directories
 
 
 def test_workers_remove_the_directory_when_the_supervisor_is_killed(hacheck_daemon, tmp_path):
@@ -373,7 +374,7 @@ def test_workers_remove_the_directory_when_the_supervisor_is_killed(hacheck_daem
     metrics_parent.mkdir()
     daemon = hacheck_daemon(args=["-n", "2"], env={"TMPDIR": str(metrics_parent)})
     workers = wait_until(lambda: len(children(daemon.pid)) == 2 and children(daemon.pid), what="two workers")
-    assert len(list(metrics_parent.iterdir())) == 1
+    assert len(list(metrics_parent.iterdir())) == 2  # metrics, and the load balancers' reports
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.process.wait()
     wait_until(lambda: not any(os.path.exists(f"/proc/{pid}/cwd") for pid in workers), what="the workers to stop")

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hacheck.config import Config, ConfigError
+from hacheck.lb_view import MAX_NAME_CHARS, report_from_header
 from hacheck.names import is_host
 from hacheck.spool import LOCALHOST, MAX_READ_BYTES, Downtime, Spool
 from hacheck.web.handlers import BadRequest, choose_target, parse_server_state
@@ -62,12 +63,18 @@ def check_target(target, url_port):
 @given(STATE)
 def test_server_state_gives_a_host_and_port_or_bad_request(value):
     try:
-        host, port = parse_server_state(value)
+        host, port, state_field, view_fields = parse_server_state(value)
     except BadRequest as err:
         assert "more than once" in str(err)
         return
     assert host is None or is_host(host)
     assert port is None or 0 < port <= 65535
+    # Any header either makes a report the view can show, or none: never an error.
+    report = report_from_header(state_field, view_fields, "web", port or 8080, host, 1.0)
+    if report is not None:
+        assert report.state.strip() and report.node and report.backend and report.server
+        assert all(len(name) <= MAX_NAME_CHARS and name.isprintable() for name in report.key)
+        assert report.scur is None or report.scur >= 0
 
 
 @BOUNDED
@@ -75,7 +82,7 @@ def test_server_state_gives_a_host_and_port_or_bad_request(value):
                                                           max_size=3))
 def test_well_formed_server_state_is_read(address, port, others):
     value = "; ".join(["UP 2/3", f"address={address}", *others, f"port={port}", "name=bck/srv"])
-    assert parse_server_state(value) == (str(address), port)
+    assert parse_server_state(value)[:2] == (str(address), port)
 
 
 @BOUNDED
@@ -90,7 +97,7 @@ def test_choose_target_from_any_headers(lines, url_port):
         except tornado.httputil.HTTPInputError:  # Tornado 6.5+ refuses such a value on the wire too
             assume(False)
     try:
-        target = choose_target(headers, url_port, frozenset({"192.0.2.77"}))
+        target, _ = choose_target(headers, url_port, frozenset({"192.0.2.77"}))
     except BadRequest:
         return
     check_target(target, url_port)

@@ -1,8 +1,11 @@
 """The ``hacheck`` command: flags, configuration, logging and limits, then one serving process or ``-n`` workers."""
 
+import dataclasses
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 from typing import List, Optional
 
 import hacheck.process.reload
@@ -53,9 +56,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"hacheck: cannot create a directory for the workers' metrics: {err}\n")
         return 1
     try:
-        return supervise(startup, config)
+        lb_view_dir = tempfile.mkdtemp(prefix="hacheck-lb-view-")
+    except OSError as err:
+        metrics.remove_multiprocess_dir(metrics_dir)
+        sys.stderr.write(f"hacheck: cannot create a directory for the workers' load balancer reports: {err}\n")
+        return 1
+    try:
+        return supervise(dataclasses.replace(startup, lb_view_dir=lb_view_dir), config)
     finally:
         metrics.remove_multiprocess_dir(metrics_dir)
+        shutil.rmtree(lb_view_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

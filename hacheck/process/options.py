@@ -40,12 +40,14 @@ class StartupOptions:
 
 @dataclass(frozen=True)
 class Startup:
-    """What every serving process starts from: the options, the sockets systemd handed over, and
-    this machine's own addresses (checks aimed at them go to 127.0.0.1)."""
+    """What every serving process starts from: the options, the sockets systemd handed over, this
+    machine's own addresses (checks aimed at them go to 127.0.0.1), and the workers' shared directory."""
 
     options: StartupOptions
     handed: systemd.HandedSockets
     own_ips: frozenset
+    # With -n: the private directory where the workers share the load balancers' reports (None: one process).
+    lb_view_dir: Optional[str] = None
 
 
 def parse(argv: Optional[List[str]]) -> StartupOptions:

@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
@@ -21,6 +22,7 @@ import tornado.netutil
 import hacheck.process.reload
 from hacheck import __version__
 from hacheck.config import Config, ConfigError
+from hacheck.lb_view import PUBLISH_INTERVAL, LbView
 from hacheck.process import systemd
 from hacheck.process.options import Startup, StartupOptions
 from hacheck.spool import Spool
@@ -203,8 +205,7 @@ async def serve(startup: Startup, config: Config, reuse_port: bool, notifier,
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     sockets, agent_sockets = acquire_sockets(options, handed, reuse_port)
-    app = make_app(config, Spool(options.spool_root), own_ips=startup.own_ips, access_log=options.verbose,
-                   with_mutornadomon=True, spool_on_http=options.spool_on_http)
+    app = _application(startup, config)
     state = app.settings["hacheck_state"]
     throttle_tornado_connection_lines(state.warnings)
     server = http_server.HTTPServer(app, limits=ConnectionLimits.from_config(config), warnings=state.warnings,
@@ -226,7 +227,7 @@ async def serve(startup: Startup, config: Config, reuse_port: bool, notifier,
     gc.set_threshold(700, 10, 100)
     notifier.ready(f"listening on {listening}")
     if link is not None:
-        _stop_when_orphaned(link, stop)
+        _stop_when_orphaned(link, stop, startup.lb_view_dir)
     await stop.wait()
     # Bounded whatever clients do: answers get healthcheck_timeout plus stop_grace (of the running
     # configuration); connections still sending a request after stop_grace are closed.
@@ -254,6 +255,17 @@ async def serve(startup: Startup, config: Config, reuse_port: bool, notifier,
     log.info("stopped")
 
 
+def _application(startup: Startup, config: Config):
+    """The Tornado application this process serves, and the load balancers' view it keeps."""
+    options = startup.options
+    lb_view = LbView(shared_dir=startup.lb_view_dir)
+    app = make_app(config, Spool(options.spool_root), own_ips=startup.own_ips, access_log=options.verbose,
+                   with_mutornadomon=True, spool_on_http=options.spool_on_http, lb_view=lb_view)
+    # Reports older than the window go; with -n each worker's reach the others (a fraction of a second late).
+    tornado.ioloop.PeriodicCallback(lb_view.publish, PUBLISH_INTERVAL * 1000).start()
+    return app
+
+
 def _log_agent_port(options: StartupOptions, handed: systemd.HandedSockets, agent_sockets: list) -> None:
     if agent_sockets:
         log.info("agent-check answers on %s%s", _where(options, options.agent_ports, handed.agent),
@@ -277,12 +289,15 @@ def _take_reloads(config_file: Optional[str], loop: asyncio.AbstractEventLoop, s
         link.receive_configs(loop, apply_config)
 
 
-def _stop_when_orphaned(link: SupervisorLink, stop: asyncio.Event) -> None:
-    """A worker whose supervisor was killed outright stops too instead of lingering on the port."""
+def _stop_when_orphaned(link: SupervisorLink, stop: asyncio.Event, lb_view_dir: Optional[str]) -> None:
+    """A worker whose supervisor was killed outright stops too instead of lingering on the port (and
+    removes the directories the supervisor would have)."""
     def check() -> None:
         if os.getppid() != link.supervisor_pid:
             log.warning("supervisor %d is gone; stopping", link.supervisor_pid)
             metrics.remove_orphaned_multiprocess_dir()
+            if lb_view_dir is not None:
+                shutil.rmtree(lb_view_dir, ignore_errors=True)
             stop.set()
     tornado.ioloop.PeriodicCallback(check, 1000).start()
 

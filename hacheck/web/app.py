@@ -15,6 +15,7 @@ from hacheck.checks.cache import CheckCache
 from hacheck.checks.inflight import InFlightChecks
 from hacheck.checks.runner import CheckRunner
 from hacheck.config import CACHE_SHAPING_KEYS, Config
+from hacheck.lb_view import LbView
 from hacheck.spool import Spool, SpoolWriter
 from hacheck.throttled_log import ThrottledLog
 from hacheck.web.agent import AGENT_PROTOCOL
@@ -49,6 +50,8 @@ class DaemonState:
     checks: CheckRunner = field(init=False)
     # Warnings that may repeat with every request, logged at most once per log_repeat_interval.
     warnings: Optional[ThrottledLog] = None
+    # What every load balancer last reported (send-state); with -n shared through a directory.
+    lb_view: LbView = field(default_factory=LbView)
     # POST /spool's changes, off the event loop.
     spool_writer: SpoolWriter = field(default_factory=SpoolWriter)
     # Which configuration this is: 1 at start, one more for each reload that applied a file
@@ -76,6 +79,7 @@ class DaemonState:
         self.resources.apply_config(config)
         self.cache.reconfigure(config.cache_time, config.cache_max_entries)
         self.activity.max_pairs = config.access_counts_max_pairs
+        self.lb_view.configure(config.lb_view_window, config.lb_view_max_entries)
         self.warnings.interval = config.log_repeat_interval
 
     def set_config_generation(self, generation: int) -> None:
@@ -107,15 +111,18 @@ def own_ip_addresses() -> frozenset:
 def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
              activity: Optional[Activity] = None, resources: Optional[SharedResources] = None,
              own_ips: Optional[frozenset] = None, access_log: bool = True,
-             with_mutornadomon: bool = False, spool_on_http: bool = True) -> tornado.web.Application:
+             with_mutornadomon: bool = False, spool_on_http: bool = True,
+             lb_view: Optional[LbView] = None) -> tornado.web.Application:
     """The application; ``app.settings["hacheck_state"]`` is its ``DaemonState``.
 
     ``access_log=False`` skips Tornado's per-request log line entirely.
     ``with_mutornadomon`` needs a current IOLoop (it starts a periodic callback).
     ``spool_on_http=False`` (``-S``) makes check routes other than /spool ignore downtimes.
+    ``lb_view`` (with -n, one sharing the workers' directory) keeps the load balancers' reports.
     """
+    lb_view = lb_view if lb_view is not None else LbView()
     metrics = Metrics(spool, ROUTE_NAMES, per_service=config.metrics_per_service,
-                      request_only_protocols=[AGENT_PROTOCOL])
+                      request_only_protocols=[AGENT_PROTOCOL], lb_view=lb_view)
     state = DaemonState(
         config=config,
         spool=spool,
@@ -125,6 +132,7 @@ def make_app(config: Config, spool: Spool, cache: Optional[CheckCache] = None,
         own_ips=own_ips if own_ips is not None else frozenset(),
         metrics=metrics,
         spool_on_http=spool_on_http,
+        lb_view=lb_view,
     )
     metrics.observe(state.cache)
     table = routes(state)

@@ -14,13 +14,14 @@ import logging
 import os
 import re
 import time
-from typing import Awaitable, List, Optional, Sequence, Tuple
+from typing import Awaitable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import tornado.escape
 import tornado.httputil
 import tornado.web
 
 from hacheck.checks import REGISTRY, CheckResult, Target
+from hacheck.lb_view import VIEW_FIELDS, LbView, report_from_header
 from hacheck.names import (
     MAX_NAME_BYTES,
     MAX_PORT,
@@ -108,13 +109,26 @@ def _one_value(name: str, values: List[str]) -> Optional[str]:
     return distinct[0] if distinct else None
 
 
-def parse_server_state(value: str) -> Tuple[Optional[str], Optional[int]]:
-    """``address=`` and ``port=`` from HAProxy's ``X-Haproxy-Server-State``; malformed fields are ignored.
+class ServerState(NamedTuple):
+    """What one request's ``X-Haproxy-Server-State`` says: the target it names and its sender's view."""
 
-    A field given twice with different (well-formed) values is ambiguous: BadRequest.
+    host: Optional[str]
+    port: Optional[int]
+    state_field: str  # the first field: "UP", "DOWN 1/2", ...
+    view_fields: Dict[str, str]  # name=, node=, weight=, scur=, qcur= (each given once, or the same each time)
+
+
+def parse_server_state(value: str) -> ServerState:
+    """``address=``, ``port=`` and the load balancer's view from HAProxy's ``X-Haproxy-Server-State``;
+    malformed fields are ignored.
+
+    An address or port given twice with different (well-formed) values is ambiguous: BadRequest.
+    A view field given twice with different values is left out (the view then ignores the report).
     """
     hosts, ports = [], []
-    for field in value.split(";"):
+    fields = value.split(";")
+    view_values: Dict[str, set] = {}
+    for field in fields:
         name, sep, field_value = field.strip().partition("=")
         if not sep:
             continue
@@ -126,22 +140,27 @@ def parse_server_state(value: str) -> Tuple[Optional[str], Optional[int]]:
                 ports.append(str(parse_port(field_value)))
             except InvalidName:
                 pass
+        elif name in VIEW_FIELDS:
+            view_values.setdefault(name, set()).add(field_value)
     host = _one_value("X-Haproxy-Server-State field address=", hosts)
     port = _one_value("X-Haproxy-Server-State field port=", ports)
-    return host, None if port is None else int(port)
+    view_fields = {name: values.pop() for name, values in view_values.items() if len(values) == 1}
+    return ServerState(host, None if port is None else int(port), fields[0].strip(), view_fields)
 
 
-def choose_target(headers: tornado.httputil.HTTPHeaders, url_port: int, own_ips: frozenset) -> Target:
-    """Host and port to check: the URL's port on 127.0.0.1, unless the headers name others."""
+def choose_target(headers: tornado.httputil.HTTPHeaders, url_port: int,
+                  own_ips: frozenset) -> Tuple[Target, Optional[ServerState]]:
+    """Host and port to check (the URL's port on 127.0.0.1, unless the headers name others), and what
+    ``X-Haproxy-Server-State`` said (None without one)."""
     if _TARGET_HEADER_NAMES.isdisjoint(headers):
-        return Target(LOCALHOST, url_port)  # the usual request: nothing to parse
-    host, port = None, url_port
+        return Target(LOCALHOST, url_port), None  # the usual request: nothing to parse
+    host, port, server_state = None, url_port, None
     states = headers.get_list(SERVER_STATE_HEADER)
     if states:
-        state_host, state_port = parse_server_state(";".join(states))
-        host = state_host
-        if state_port is not None:
-            port = state_port
+        server_state = parse_server_state(";".join(states))
+        host = server_state.host
+        if server_state.port is not None:
+            port = server_state.port
     if host is None:
         nerve_ips = [value.strip() for value in headers.get_list(NERVE_CHECK_IP_HEADER) if value.strip()]
         nerve_ip = _one_value("X-Nerve-Check-IP header", nerve_ips)
@@ -151,7 +170,15 @@ def choose_target(headers: tornado.httputil.HTTPHeaders, url_port: int, own_ips:
             host = nerve_ip
     if host is None or host in own_ips:
         host = LOCALHOST
-    return Target(host, port)
+    return Target(host, port), server_state
+
+
+def record_server_state(lb_view: LbView, server_state: ServerState, service: str, target: Target) -> None:
+    """Keep what the load balancer that sent this check thinks of its server (when it is a report)."""
+    report = report_from_header(server_state.state_field, server_state.view_fields, service, target.port,
+                                None if target.host == LOCALHOST else target.host, time.time())
+    if report is not None:
+        lb_view.record(report)
 
 
 # The check codes answered as they are (HTTP knows them); any other code is answered 503.
@@ -256,17 +283,24 @@ class PathHandler(BaseHandler):
         return service, port, query
 
     def _service_target_query(self) -> Optional[Tuple[str, Target, str]]:
-        """The service, the target the URL and headers name, and the query; None once answered with 400."""
+        """The service, the target the URL and headers name, and the query; None once answered with 400.
+        A load balancer's report in the headers goes to the view."""
         parsed = self._parse_path()
         if parsed is None:
             return None
         service, port, query = parsed
+        headers = self.request.headers
+        if _TARGET_HEADER_NAMES.isdisjoint(headers):
+            return service, Target(LOCALHOST, port), query  # the usual request: nothing to parse or record
         try:
-            return service, choose_target(self.request.headers, port, self.state.own_ips), query
+            target, server_state = choose_target(headers, port, self.state.own_ips)
         except BadRequest as err:
             self.state.activity.record(service, self.request.remote_ip)
             self.answer(400, f"{err}\n")
             return None
+        if server_state is not None:
+            record_server_state(self.state.lb_view, server_state, service, target)
+        return service, target, query
 
     def _downtime(self, service: str, target: Target) -> Optional[Tuple[str, Downtime]]:
         """The downtime that applies, or None (also when the spool root cannot be read)."""
@@ -463,6 +497,17 @@ def spool_status(spool) -> dict:
     return {"root": spool.root, "readable": problem is None, "problem": problem}
 
 
+class LoadBalancersHandler(BaseHandler):
+    """``/status/lb[?service=NAME]``: what every load balancer last reported of its server (``send-state``)."""
+
+    def get(self) -> None:
+        service = self.get_query_argument("service", None)
+        view = self.state.lb_view
+        now = time.time()
+        self.write({"load_balancers": [report.as_json() for report in view.entries(service, now)],
+                    "window_seconds": view.window, "now": now})
+
+
 class MetricsHandler(BaseHandler):
     """``/metrics``: the Prometheus scrape (every worker's numbers with ``-n``)."""
 
@@ -509,6 +554,7 @@ def routes(state) -> list:
     table += [
         (r"/status", StatusHandler, given),
         (r"/status/count", StatusCountHandler, given),
+        (r"/status/lb", LoadBalancersHandler, given),
         (r"/recent", RecentHandler, given),
         (r"/metrics", MetricsHandler, given),
     ]

@@ -21,6 +21,7 @@ from typing import Awaitable, Dict, Iterable, Optional, Tuple, TypeVar
 
 from hacheck import private_names
 from hacheck.checks.cache import CacheObserver, CheckCache
+from hacheck.lb_view import LbView
 from hacheck.spool import DOWNTIME_STATES, Spool, SpoolEntry, SpoolError
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,31 @@ class DowntimeCollector:
         yield family
 
 
+class LoadBalancerCollector:
+    """``hacheck_lb_server_up`` and ``hacheck_lb_server_sessions``: one series per report in the load balancers'
+    view (every worker's with ``-n``), read when scraped; at most ``lb_view_max_entries`` of each."""
+
+    def __init__(self, lb_view: LbView):
+        self.lb_view = lb_view
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["node", "backend", "server"]
+        up = GaugeMetricFamily("hacheck_lb_server_up",
+                               "1 when the load balancer's last check of the server said UP (it sends it "
+                               "traffic), else 0; from HAProxy's http-check send-state.", labels=labels)
+        sessions = GaugeMetricFamily("hacheck_lb_server_sessions",
+                                     "The server's current sessions on the load balancer (scur), as its last "
+                                     "check said.", labels=labels)
+        for report in self.lb_view.entries():
+            up.add_metric(report.key, 1 if report.routes_traffic else 0)
+            if report.scur is not None:
+                sessions.add_metric(report.key, report.scur)
+        yield up
+        yield sessions
+
+
 class CacheMetrics(CacheObserver):
     """The check cache's counters and entries gauge: told each event (``-n``), or caught up when scraped."""
 
@@ -174,7 +200,7 @@ class Metrics:
     """
 
     def __init__(self, spool: Spool, protocols: Iterable[str], per_service: bool = False,
-                 request_only_protocols: Iterable[str] = ()):
+                 request_only_protocols: Iterable[str] = (), lb_view: Optional[LbView] = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
         self.multiprocess_dir = multiprocess_dir()
@@ -190,11 +216,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         # In multiprocess mode values go to files and a scrape reads every worker's files.
         own = None if self.multiprocess_dir else self.registry
-        if self.multiprocess_dir:
-            from prometheus_client.multiprocess import MultiProcessCollector
-
-            MultiProcessCollector(self.registry, path=self.multiprocess_dir)
-        self.registry.register(DowntimeCollector(spool))
+        self._register_collectors(spool, lb_view)
 
         service = ("service",) if per_service else ()
         self._requests = Counter(
@@ -233,6 +255,16 @@ class Metrics:
         if not per_service:
             for protocol in check_protocols:
                 self._duration_children[(protocol,)] = self._durations.labels(protocol)
+
+    def _register_collectors(self, spool: Spool, lb_view: Optional[LbView]) -> None:
+        """What a scrape reads besides this worker's values: every worker's files (-n), the spool, the view."""
+        if self.multiprocess_dir:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            MultiProcessCollector(self.registry, path=self.multiprocess_dir)
+        self.registry.register(DowntimeCollector(spool))
+        if lb_view is not None:
+            self.registry.register(LoadBalancerCollector(lb_view))
 
     def set_config_generation(self, generation: int) -> None:
         self._config_generation.set(generation)
