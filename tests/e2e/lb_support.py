@@ -4,7 +4,8 @@ What the load balancers' view (``GET /status/lb``), ``hastatus --lb`` and ``hado
 tested against (tests/e2e/test_lb_view.py). Each HAProxy runs with ``global node lb1`` (``lb2``,
 ``lb3``), a stats socket of its own and one backend ``be_web`` with one server ``srv1``: the test's
 ``HoldingUpstream``, checked through hacheck as ``GET /tcp/web/<upstream port>`` with ``fall 2 rise 2``.
-lb1 and lb2 check every 200 ms, lb3 every 1.2 s: the slow one a wait has to wait for. Each listens
+lb1 and lb2 check every 200 ms, lb3 every 1.2 s: the slow one a wait has to wait for; a drain's 404
+puts the server in NOLB (``http-check disable-on-404``). Each listens
 in ``mode tcp`` on a frontend port of its own, so a test can hold a connection through it to the
 upstream (HAProxy counts it in ``scur`` until both directions have ended).
 """
@@ -81,7 +82,8 @@ class LoadBalancer:
 def haproxy_sections(frontend_port: int, upstream_port: int, hacheck_port: int, inter: float) -> str:
     """A frontend in mode tcp to ``be_web``, whose one server is checked through hacheck with send-state."""
     check = backend(BACKEND, f"/tcp/{SERVICE}/{upstream_port}", upstream_port, hacheck_port,
-                    extra="http-check send-state", server=SERVER, inter=f"{round(inter * 1000)}ms")
+                    extra="http-check send-state\n    http-check disable-on-404", server=SERVER,
+                    inter=f"{round(inter * 1000)}ms")
     return f"""
 {defaults_section("tcp", IDLE_TIMEOUT)}
 frontend fe

@@ -138,6 +138,18 @@ def test_haup_wait_returns_once_every_haproxy_shows_up_and_not_before_the_slowes
         node: [f"{BACKEND}/{SERVER}", "UP"] for node in NODES}
 
 
+def test_hadown_drain_wait_returns_once_every_haproxy_shows_nolb(lbs):
+    with StatusWatcher(lbs.fleet, "NOLB") as watcher:
+        process = start_tool(lbs.daemon, "hadown", "--drain", "--wait", "-r", "deploy 1234", SERVICE)
+        code, stdout, stderr, ended = finish(process)
+        at_exit = lbs.fleet.statuses()
+
+    assert (code, stderr) == (0, "")
+    assert at_exit == {node: "NOLB" for node in NODES}
+    assert watcher.first["lb3"] <= ended
+    assert {node: line[1] for node, line in wait_lines(stdout).items()} == {node: "NOLB" for node in NODES}
+
+
 def test_a_timeout_shorter_than_the_slow_interval_names_the_slow_node_still_up(lbs):
     process = start_tool(lbs.daemon, "hadown", "--wait", "--timeout", "0.5", "-r", "deploy", SERVICE)
     code, stdout, stderr, _ = finish(process)
