@@ -10,7 +10,8 @@ and prints instructions per request and their ratio. It counts the process's
 own instructions only (not the kernel's work for its system calls, nor cache
 misses), so it complements ``bench/run.py``; it does not replace it.
 
-    python3 bench/instructions.py                  # spool and cached http, keep-alive and close
+    python3 bench/instructions.py                  # spool, cached http and spool with send-state's header,
+                                                   # keep-alive and close
     python3 bench/instructions.py --requests 500   # quicker
 
 Needs valgrind (Debian package ``valgrind``); takes a few minutes.
@@ -32,9 +33,15 @@ import run as bench  # noqa: E402  (bench/run.py: its helper servers and process
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-async def send_requests(port: int, path: str, count: int, connections: int, close: bool) -> None:
+# What HAProxy's http-check send-state adds to each check (the load balancers' view records it).
+SEND_STATE = ("X-Haproxy-Server-State: UP; address=127.0.0.1; port={port}; name=be_bench/srv1; node=lb1; "
+              "weight=1/1; scur=0/0; qcur=0\r\n")
+
+
+async def send_requests(port: int, path: str, count: int, connections: int, close: bool,
+                        extra_headers: str = "") -> None:
     """``count`` GETs of ``path`` over ``connections`` connections (a new one per request with ``close``)."""
-    headers = "Host: bench\r\n" + ("Connection: close\r\n" if close else "")
+    headers = "Host: bench\r\n" + extra_headers + ("Connection: close\r\n" if close else "")
     request = f"GET {path} HTTP/1.1\r\n{headers}\r\n".encode()
     remaining = iter(range(count))
 
@@ -58,7 +65,7 @@ async def send_requests(port: int, path: str, count: int, connections: int, clos
 
 
 def instructions_per_request(processes: bench.Processes, argv: list, port: int, path: str, args,
-                             close: bool) -> float:
+                             close: bool, extra_headers: str = "") -> float:
     """Start ``argv`` under callgrind with counting off, warm it up, count ``args.requests`` requests."""
     output = tempfile.mktemp(prefix="callgrind-", dir=processes.workdir)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -73,9 +80,9 @@ def instructions_per_request(processes: bench.Processes, argv: list, port: int, 
             if time.monotonic() - started > 300:
                 raise RuntimeError(f"{argv[1]} did not answer under valgrind within 300 s") from None
             time.sleep(0.5)
-    asyncio.run(send_requests(port, path, 300, args.connections, close))  # warm-up, not counted
+    asyncio.run(send_requests(port, path, 300, args.connections, close, extra_headers))  # warm-up, not counted
     subprocess.run(["callgrind_control", "--instr=on", str(process.pid)], check=True, capture_output=True)
-    asyncio.run(send_requests(port, path, args.requests, args.connections, close))
+    asyncio.run(send_requests(port, path, args.requests, args.connections, close, extra_headers))
     subprocess.run(["callgrind_control", "--instr=off", str(process.pid)], check=True, capture_output=True)
     process.terminate()
     process.wait(60)
@@ -110,13 +117,15 @@ def main() -> int:
             ceiling = instructions_per_request(
                 processes, [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--serve-bare", str(port)],
                 port, "/", args, close)
-            for name, path in (("spool check", f"/spool/bench/{upstream_port}/"),
-                               ("cached http check", f"/http/bench/{upstream_port}/health")):
+            for name, path, extra_headers in (
+                    ("spool check", f"/spool/bench/{upstream_port}/", ""),
+                    ("cached http check", f"/http/bench/{upstream_port}/health", ""),
+                    ("spool, send-state", f"/spool/bench/{upstream_port}/", SEND_STATE.format(port=upstream_port))):
                 port = bench.free_port()
                 hacheck = instructions_per_request(
                     processes, [sys.executable, str(REPO_ROOT / "bin" / "hacheck"), "-p", str(port),
                                 "--spool-root", os.path.join(processes.workdir, "spool"), "-c", config],
-                    port, path, args, close)
+                    port, path, args, close, extra_headers)
                 rows.append((name, mode, ceiling, hacheck))
                 print(f"{name:<18} {mode:<10} ceiling {ceiling:>9.0f}  hacheck {hacheck:>9.0f} instructions/request"
                       f"  ratio {ceiling / hacheck:.3f}", flush=True)

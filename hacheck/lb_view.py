@@ -24,8 +24,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +36,6 @@ PUBLISH_INTERVAL = 0.2
 MAX_NAME_CHARS = 255
 # The first field: a state word (UP, DOWN, NOLB, "no check"), then an optional "x/y" transition count.
 _STATE_PATTERN = re.compile(r"([A-Za-z][A-Za-z ]{0,15}?)(?: ([0-9]{1,9}/[0-9]{1,9}))?")
-_COUNT_PATTERN = re.compile(r"[0-9]{1,9}")
-_RATIO_PATTERN = re.compile(r"[0-9]{1,9}/[0-9]{1,9}")
 # The fields of the header the view keeps (address= and port= choose the check's target: handlers).
 VIEW_FIELDS = frozenset({"name", "node", "weight", "scur", "qcur"})
 # A peer's file larger than this is not read (10,000 entries take about 2 MB).
@@ -46,9 +43,11 @@ MAX_PEER_FILE_BYTES = 64 * 1024 * 1024
 _SUFFIX = ".json"
 
 
-@dataclass(frozen=True)
-class LbReport:
-    """One load balancer's last report on one server, and the check that carried it."""
+class LbReport(NamedTuple):
+    """One load balancer's last report on one server, and the check that carried it.
+
+    A named tuple: one is made per check that carries the header, and a tuple is the cheapest to make.
+    """
 
     node: str
     backend: str
@@ -73,18 +72,7 @@ class LbReport:
         return self.state == "UP"
 
     def as_json(self) -> dict:
-        return {"node": self.node, "backend": self.backend, "server": self.server, "service": self.service,
-                "port": self.port, "host": self.host, "state": self.state, "transition": self.transition,
-                "weight": self.weight, "scur": self.scur, "qcur": self.qcur, "seen": self.seen}
-
-    def as_row(self) -> list:
-        """The compact form a worker publishes (``from_row`` reads it back)."""
-        return [self.node, self.backend, self.server, self.service, self.port, self.host, self.state,
-                self.transition, self.weight, self.scur, self.qcur, self.seen]
-
-    @classmethod
-    def from_row(cls, row: list) -> "LbReport":
-        return cls(*row)
+        return self._asdict()
 
 
 def _name(text: Optional[str]) -> Optional[str]:
@@ -94,29 +82,40 @@ def _name(text: Optional[str]) -> Optional[str]:
     return None
 
 
+def _count(text: str) -> Optional[int]:
+    """A count as HAProxy writes it (ASCII digits), or None."""
+    if 0 < len(text) <= 9 and text.isdigit() and text.isascii():
+        return int(text)
+    return None
+
+
 def _first_count(text: Optional[str]) -> Optional[int]:
     """The number before the "/" of ``scur=13/22``, or a lone number (``qcur=0``); None when malformed."""
+    return None if text is None else _count(text.partition("/")[0])
+
+
+def _ratio(text: Optional[str]) -> Optional[str]:
+    """``weight=1/2`` as sent, when it is two counts; else None."""
     if text is None:
         return None
-    number = text.partition("/")[0]
-    return int(number) if _COUNT_PATTERN.fullmatch(number) else None
+    first, slash, second = text.partition("/")
+    return text if slash and _count(first) is not None and _count(second) is not None else None
 
 
 def report_from_header(state_field: str, fields: Dict[str, str], service: str, port: int, host: Optional[str],
                        seen: float) -> Optional[LbReport]:
     """The report a header's first field (``UP 2/3``) and its ``fields`` (name -> value) make, or None when it
     is not one: no state word, no node, a name without "/" (the check is answered as usual either way)."""
-    state = _STATE_PATTERN.fullmatch(state_field)
     node = _name(fields.get("node"))
     backend, slash, server = fields.get("name", "").partition("/")
-    backend, server = _name(backend), _name(server)
-    if state is None or node is None or not slash or backend is None or server is None:
+    if node is None or not slash or _name(backend) is None or _name(server) is None:
         return None
-    weight = fields.get("weight")
-    return LbReport(node=node, backend=backend, server=server, service=service, port=port, host=host,
-                    state=state.group(1), transition=state.group(2),
-                    weight=weight if weight is not None and _RATIO_PATTERN.fullmatch(weight) else None,
-                    scur=_first_count(fields.get("scur")), qcur=_first_count(fields.get("qcur")), seen=seen)
+    state = _STATE_PATTERN.fullmatch(state_field)
+    if state is None:
+        return None
+    return LbReport(node, backend, server, service, port, host, state.group(1), state.group(2),
+                    _ratio(fields.get("weight")), _first_count(fields.get("scur")), _first_count(fields.get("qcur")),
+                    seen)
 
 
 class LbView:
@@ -188,7 +187,7 @@ class LbView:
         temporary = f"{self._own_file}.tmp"
         try:
             with open(temporary, "w", encoding="utf-8") as published:
-                json.dump([report.as_row() for report in self._reports.values()], published)
+                json.dump(list(self._reports.values()), published)  # each report as a list
             os.replace(temporary, self._own_file)
         except OSError as err:
             log.warning("cannot share the load balancers' reports with the other workers: %s", err)
@@ -225,7 +224,7 @@ class LbView:
             if status.st_size > MAX_PEER_FILE_BYTES:
                 return []
             with open(path, encoding="utf-8") as published:
-                reports = [LbReport.from_row(row) for row in json.load(published)]
+                reports = [LbReport(*row) for row in json.load(published)]
         except (OSError, ValueError, TypeError) as err:
             # Gone between the listing and the read (a worker replaced it), or half a file: next time.
             log.debug("skipping %s: %s", path, err)

@@ -127,7 +127,8 @@ def parse_server_state(value: str) -> ServerState:
     """
     hosts, ports = [], []
     fields = value.split(";")
-    view_values: Dict[str, set] = {}
+    view_fields: Dict[str, str] = {}
+    ambiguous = []
     for field in fields:
         name, sep, field_value = field.strip().partition("=")
         if not sep:
@@ -141,10 +142,12 @@ def parse_server_state(value: str) -> ServerState:
             except InvalidName:
                 pass
         elif name in VIEW_FIELDS:
-            view_values.setdefault(name, set()).add(field_value)
+            if view_fields.setdefault(name, field_value) != field_value:
+                ambiguous.append(name)
     host = _one_value("X-Haproxy-Server-State field address=", hosts)
     port = _one_value("X-Haproxy-Server-State field port=", ports)
-    view_fields = {name: values.pop() for name, values in view_values.items() if len(values) == 1}
+    for name in ambiguous:
+        view_fields.pop(name, None)
     return ServerState(host, None if port is None else int(port), fields[0].strip(), view_fields)
 
 
