@@ -7,6 +7,7 @@ exit code: 0 success, 1 a failure (or, for hastatus, "something is down"),
 """
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -84,17 +86,32 @@ output lines:
       downtimes, SERVICE reads SERVICE:HOST:PORT (HOST empty for 127.0.0.1).
   SERVICE last_response=JSON          (list; SERVICE alone from an older
                                       daemon that lists plain names)
+  NODE<TAB>BACKEND/SERVER<TAB>STATE<TAB>SCUR<TAB>SECONDS
+      status --lb: one line per load balancer (HAProxy's node name) and
+      server it checks, from its last check's http-check send-state: STATE
+      as sent ("UP", "UP 1/2", "DOWN", "NOLB", ...), SCUR its sessions on
+      the server ("-" when not sent), SECONDS since that check (the daemon
+      keeps what arrived within lb_view_window). down/up --wait: one line per
+      load balancer and server as it confirms the change, SECONDS after the
+      change that check arrived.
   --json: one JSON object per line with status, service, host, port,
       reason, creation, expiration and state ("down", "drain"; null when up);
-      for list, with service and last_response.
+      for list, with service and last_response; for status --lb, the
+      entries of the daemon's GET /status/lb.
 
 exit codes:
-  0 success (status: nothing asked about has a downtime of its own)
+  0 success (status: nothing asked about has a downtime of its own; status
+    --lb: the daemon answered, whatever the load balancers report; down/up
+    --wait: every load balancer reporting on the services confirmed)
   1 status: an entry asked about is down; otherwise the action failed (spool not
-    writable, daemon not running, a non-human user without --reason)
+    writable, daemon not running, a non-human user without --reason); down/up
+    --wait: timed out (the error names what still routes traffic) or the daemon
+    cannot be read, the change itself made
   2 usage error (bad flags, missing or invalid service names)
   3 status: the spool directory cannot be read; hacheck answers every check
-    as if nothing were down, and so do the UP lines printed
+    as if nothing were down, and so do the UP lines printed. down/up --wait:
+    no load balancer reports on a service named (enable http-check
+    send-state), the change itself made
 
 environment:
   SUDO_USER, SSH_USER  the default reason for down, before the user name
@@ -136,7 +153,8 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
     _add_downtime_options(parser)
     parser.add_argument(
         "-p", "--port", metavar="PORT", type=_port, default=DEFAULT_DAEMON_PORT,
-        help="list: the port the local hacheck daemon listens on (default: %(default)s)",
+        help="list, status --lb, up/down --wait: the port the local hacheck daemon listens on "
+             "(default: %(default)s)",
     )
     parser.add_argument(
         "--effective", action="store_true",
@@ -147,7 +165,40 @@ def build_parser(prog: str, action: Optional[str] = None) -> argparse.ArgumentPa
         "--json", action="store_true",
         help="status, status_downed, list: print one JSON object per line instead of text",
     )
+    _add_load_balancer_options(parser)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}")
+    return seconds
+
+
+def _add_load_balancer_options(parser: argparse.ArgumentParser) -> None:
+    """What the load balancers report (HAProxy's http-check send-state), read from the daemon (-p)."""
+    parser.add_argument(
+        "--lb", action="store_true",
+        help="status: show each load balancer's last report on the services (all of them when none "
+             "is named), as the local daemon received them with HAProxy's http-check send-state",
+    )
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="down, up: after the change, wait until every load balancer reporting on the services "
+             "has confirmed it in a check received after it: any state but UP for down, plain UP for up",
+    )
+    parser.add_argument(
+        "--timeout", metavar="SECONDS", type=_seconds,
+        help=f"with --wait: give up after this many seconds (exit 1); default: {DEFAULT_WAIT_TIMEOUT:g}",
+    )
+    parser.add_argument(
+        "--idle", action="store_true",
+        help="down with --wait: also wait until each load balancer reports no sessions (scur 0) on the server",
+    )
 
 
 def _add_downtime_options(parser: argparse.ArgumentParser) -> None:
@@ -280,12 +331,20 @@ def action_down(prog: str, spool: Spool, options) -> int:
         spool.down(service, reason=reason, expiration=expiration,
                    port=options.service_port, host=options.service_host,
                    state=STATE_DRAIN if options.drain else STATE_DOWN)
+    if options.wait:
+        return wait_for_load_balancers(prog, options, "down", changed_at=time.time())
     return 0
 
 
 def action_up(prog: str, spool: Spool, options) -> int:
-    if not spool.check_root():
-        return 0  # no spool directory: nothing is down
+    if spool.check_root():  # without a spool directory nothing is down
+        _remove_downtimes(prog, spool, options)
+    if options.wait:
+        return wait_for_load_balancers(prog, options, "up", changed_at=time.time())
+    return 0
+
+
+def _remove_downtimes(prog: str, spool: Spool, options) -> None:
     port, host = options.service_port, options.service_host
     for service in options.services:
         spool.up(service, port=port, host=host)
@@ -304,7 +363,6 @@ def action_up(prog: str, spool: Spool, options) -> int:
                     flags = f"-P {entry.port}" + (f" -H {entry.host}" if entry.host else "")
                     _note(prog, f"note: {_label(service, entry.port, entry.host)} is still down on its own "
                                 f"(bring it up with {flags})")
-    return 0
 
 
 def _broader_note(service: str, port: Optional[int], host: Optional[str], found) -> str:
@@ -329,6 +387,8 @@ def _status_of_unreadable_spool(prog: str, problem: str, options) -> int:
 
 
 def action_status(prog: str, spool: Spool, options) -> int:
+    if options.lb:
+        return action_status_lb(prog, options)
     problem = spool.unreadable_reason()
     if problem is not None:
         return _status_of_unreadable_spool(prog, problem, options)
@@ -381,12 +441,12 @@ def _seen_pair(item) -> tuple:
     raise ValueError("seen_services holds neither names nor [service, last_response] pairs")
 
 
-def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
-    """The daemon's ``/recent`` as sorted (service, last_response) pairs; ToolError when unreachable.
+def _daemon_document(port: int, path: str, what: str, timeout: float = DAEMON_TIMEOUT):
+    """The JSON document the local daemon answers at ``path``; ToolError when unreachable or not JSON.
 
-    last_response is NO_LAST_RESPONSE for a daemon that lists plain names.
+    ``what`` names the document in the error ("a /recent JSON document").
     """
-    url = f"http://127.0.0.1:{port}/recent"
+    url = f"http://127.0.0.1:{port}{path}"
     # No proxies: the daemon is on this machine whatever $http_proxy says.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -401,13 +461,25 @@ def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
         reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
         raise ToolError(f"cannot reach the hacheck daemon at {url}: {reason} (is hacheck running?)") from None
     try:
-        recent = json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ToolError(f"the daemon at {url} did not answer with {what}") from None
+
+
+def fetch_recent(port: int, timeout: float = DAEMON_TIMEOUT) -> list:
+    """The daemon's ``/recent`` as sorted (service, last_response) pairs; ToolError when unreachable.
+
+    last_response is NO_LAST_RESPONSE for a daemon that lists plain names.
+    """
+    what = "a /recent JSON document"
+    recent = _daemon_document(port, "/recent", what, timeout)
+    try:
         seen = recent["seen_services"]
         if not isinstance(seen, list):
             raise ValueError("seen_services is not a list")
         pairs = [_seen_pair(item) for item in seen]
-    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
-        raise ToolError(f"the daemon at {url} did not answer with a /recent JSON document") from None
+    except (ValueError, KeyError, TypeError):
+        raise ToolError(f"the daemon at http://127.0.0.1:{port}/recent did not answer with {what}") from None
     return sorted(pairs, key=lambda pair: pair[0])
 
 
@@ -423,6 +495,253 @@ def action_list(prog: str, spool: Spool, options) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- load balancers (GET /status/lb)
+
+# hadown/haup --wait: how often the daemon's view is read, and how long to wait by default.
+WAIT_POLL_SECONDS = 0.25
+DEFAULT_WAIT_TIMEOUT = 120.0
+# hadown/haup --wait's exit code when no load balancer reports on a service: neither confirmed (0) nor timed out (1).
+EXIT_NO_LOAD_BALANCER = 3
+# What the tool says it left behind when --wait cannot confirm.
+CHANGE_MADE = {"down": "the downtime is written", "up": "the downtime is removed"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LbEntry:
+    """One load balancer's last report on one server, as the daemon's ``GET /status/lb`` lists it."""
+
+    node: str
+    backend: str
+    server: str
+    service: str
+    port: Optional[int]
+    host: Optional[str]
+    state: str
+    transition: Optional[str]
+    scur: Optional[int]
+    seen: float
+    document: dict  # the entry as the daemon sent it: --json prints it unchanged
+
+    @property
+    def key(self) -> tuple:
+        return self.node, self.backend, self.server
+
+    @property
+    def state_text(self) -> str:
+        """The state as HAProxy sent it: ``UP``, ``UP 1/2``, ``DOWN``, ..."""
+        return self.state if self.transition is None else f"{self.state} {self.transition}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.node} {self.backend}/{self.server}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LbListing:
+    """What the daemon's /status/lb listed at one moment, with its clock (``now``) and window then."""
+
+    entries: List[LbEntry]
+    now: float
+    window: float
+
+
+def _field(entry: dict, name: str, kinds: tuple, optional: bool = True):
+    value = entry.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise ValueError(f"{name} is {value!r}")
+    return value
+
+
+def _lb_entry(entry) -> LbEntry:
+    """An entry of /status/lb; ValueError when it is not one."""
+    if not isinstance(entry, dict):
+        raise ValueError("an entry is not an object")
+    texts = {name: _field(entry, name, (str,), optional=False)
+             for name in ("node", "backend", "server", "service", "state")}
+    return LbEntry(**texts, port=_field(entry, "port", (int,)), host=_field(entry, "host", (str,)),
+                   transition=_field(entry, "transition", (str,)), scur=_field(entry, "scur", (int,)),
+                   seen=float(_field(entry, "seen", (int, float), optional=False)), document=entry)
+
+
+def fetch_lb_listing(port: int, service: Optional[str] = None, timeout: float = DAEMON_TIMEOUT) -> LbListing:
+    """The daemon's ``/status/lb`` (``?service=`` when given); ToolError when unreachable or not one."""
+    path = "/status/lb" + (f"?service={urllib.parse.quote(service, safe='')}" if service is not None else "")
+    what = "a /status/lb JSON document (a daemon older than the load balancers' view?)"
+    document = _daemon_document(port, path, what, timeout)
+    try:
+        entries = document["load_balancers"]
+        if not isinstance(entries, list):
+            raise ValueError("load_balancers is not a list")
+        return LbListing([_lb_entry(entry) for entry in entries],
+                         float(_field(document, "now", (int, float), optional=False)),
+                         float(_field(document, "window_seconds", (int, float), optional=False)))
+    except (ValueError, KeyError, TypeError):
+        raise ToolError(f"the daemon at http://127.0.0.1:{port}{path} did not answer with {what}") from None
+
+
+def read_lb_listing(options) -> LbListing:
+    """The entries on the services asked about (every one for none or ``all``), narrowed by -P and -H.
+
+    One request per service (the daemon filters), one in all for every service.
+    """
+    names = list(dict.fromkeys(options.services))
+    every_service = not names or ALL in names
+    listings = [fetch_lb_listing(options.port, service) for service in ([None] if every_service else names)]
+    newest: Dict[tuple, LbEntry] = {}
+    for entry in (entry for listing in listings for entry in listing.entries):
+        if _narrowed_to(entry, options) and (entry.key not in newest or entry.seen > newest[entry.key].seen):
+            newest[entry.key] = entry
+    return LbListing([newest[key] for key in sorted(newest)], max(listing.now for listing in listings),
+                     listings[-1].window)
+
+
+def _narrowed_to(entry: LbEntry, options) -> bool:
+    """Whether -P (the port whose downtimes the check consults) and -H (its host) take in ``entry``."""
+    if options.service_port is not None and entry.port != options.service_port:
+        return False
+    return options.service_host is None or _normal_host(entry.host) == _normal_host(options.service_host)
+
+
+def _lb_line(entry: LbEntry, seconds: float) -> str:
+    """NODE, BACKEND/SERVER, STATE, SCUR and a number of seconds, tab-separated."""
+    return "\t".join([_printable(entry.node), _printable(f"{entry.backend}/{entry.server}"),
+                      _printable(entry.state_text), "-" if entry.scur is None else str(entry.scur),
+                      f"{max(seconds, 0.0):.1f}"])
+
+
+def _nobody_reports(options, services: Sequence[str], window: float) -> str:
+    """'no load balancer has reported on web (port 8080) in the last 60 s'."""
+    names = "any service" if not services or ALL in services else ", ".join(services)
+    if options.service_port is not None:
+        names += f" (port {options.service_port}" + (f", host {options.service_host})" if options.service_host
+                                                   else ")")
+    return f"no load balancer has reported on {names} in the last {window:g} s"
+
+
+def action_status_lb(prog: str, options) -> int:
+    """hastatus --lb: one line (or JSON object) per report the daemon holds; exit 0 whatever they say."""
+    listing = read_lb_listing(options)
+    if not listing.entries:
+        _note(prog, f"note: {_nobody_reports(options, options.services, listing.window)} "
+                    "(HAProxy sends its listing with 'http-check send-state')")
+    for entry in listing.entries:
+        _say(json.dumps(entry.document) if options.json else _lb_line(entry, listing.now - entry.seen))
+    return 0
+
+
+@dataclasses.dataclass
+class LbWait:
+    """What hadown/haup --wait has learned: the newest report of each entry, and which have confirmed.
+
+    ``direction`` is "down" (confirmed by a state other than UP: plain UP and UP x/y still route
+    traffic; with ``idle`` also scur 0 in that report) or "up" (confirmed by plain UP). Only a report
+    of a check that arrived at ``changed_at`` or later counts: the daemon stamps ``seen`` with its
+    time.time() on this machine, the clock ``changed_at`` was read from.
+    """
+
+    direction: str
+    idle: bool
+    changed_at: float
+    newest: Dict[tuple, LbEntry] = dataclasses.field(default_factory=dict)
+    confirmed: Dict[tuple, LbEntry] = dataclasses.field(default_factory=dict)
+
+    def confirms(self, entry: LbEntry) -> bool:
+        if entry.seen < self.changed_at:
+            return False
+        if self.direction == "up":
+            return entry.state == "UP" and entry.transition is None
+        return entry.state != "UP" and (not self.idle or entry.scur == 0)
+
+    def take(self, listing: LbListing) -> List[LbEntry]:
+        """Learn from ``listing``; returns the reports that confirmed their entry for the first time."""
+        newly = []
+        for entry in listing.entries:
+            known = self.newest.get(entry.key)
+            if known is None or entry.seen >= known.seen:
+                self.newest[entry.key] = entry
+            if entry.key not in self.confirmed and self.confirms(entry):
+                self.confirmed[entry.key] = entry
+                newly.append(entry)
+        return newly
+
+    def forget_gone(self, listing: LbListing) -> List[LbEntry]:
+        """Drop the entries whose newest report left the daemon's window; returns those not confirmed.
+
+        An entry missing from one listing but seen within the window still counts: with -n a worker
+        may not have merged a fresh report yet, and a restarted daemon lists nothing for a moment.
+        """
+        listed = {entry.key for entry in listing.entries}
+        gone = [entry for key, entry in self.newest.items()
+                if key not in listed and listing.now - entry.seen > listing.window]
+        for entry in gone:
+            del self.newest[entry.key]
+        return [entry for entry in gone if entry.key not in self.confirmed]
+
+    def pending(self) -> List[LbEntry]:
+        return [entry for key, entry in sorted(self.newest.items()) if key not in self.confirmed]
+
+
+def _pending_text(wait: LbWait, pending: List[LbEntry], now: float) -> str:
+    """'lb3 be_web/srv1 (UP 1/2, scur 2, last check 1.4 s ago), ...'."""
+    texts = []
+    for entry in pending:
+        before = ", before the change" if entry.seen < wait.changed_at else ""
+        scur = "-" if entry.scur is None else entry.scur
+        texts.append(f"{_printable(entry.name)} ({_printable(entry.state_text)}, scur {scur}, "
+                     f"last check {max(now - entry.seen, 0.0):.1f} s ago{before})")
+    return ", ".join(texts)
+
+
+def _no_load_balancer(options, listing: LbListing) -> Optional[str]:
+    """Why --wait cannot begin (None when it can): a service asked about that nobody reports on."""
+    reported = {entry.service for entry in listing.entries}
+    services = list(dict.fromkeys(options.services))
+    missing = [] if ALL in services else [service for service in services if service not in reported]
+    if (ALL in services and not listing.entries) or missing:
+        return (f"{_nobody_reports(options, missing or services, listing.window)}: enable "
+                "'http-check send-state' in HAProxy's backends so that --wait can see them")
+    return None
+
+
+def wait_for_load_balancers(prog: str, options, direction: str, changed_at: float) -> int:
+    """hadown/haup --wait: poll the daemon's listing until every entry confirmed ``direction`` (exit 0).
+
+    Exit 1 when the daemon cannot be read or at the timeout, 3 when a service has no entries at all.
+    """
+    wait = LbWait(direction, options.idle, changed_at)
+    timeout = options.timeout or DEFAULT_WAIT_TIMEOUT
+    deadline = time.monotonic() + timeout
+    first = True
+    while True:
+        try:
+            listing = read_lb_listing(options)
+        except ToolError as err:
+            raise ToolError(f"{err}; {CHANGE_MADE[direction]}") from None
+        problem = _no_load_balancer(options, listing) if first else None
+        if problem is not None:
+            _note(prog, f"error: {problem} ({CHANGE_MADE[direction]})")
+            return EXIT_NO_LOAD_BALANCER
+        first = False
+        for entry in wait.take(listing):
+            _say(_lb_line(entry, entry.seen - changed_at))
+            sys.stdout.flush()  # progress: each load balancer as it confirms
+        for entry in wait.forget_gone(listing):
+            _note(prog, f"note: {_printable(entry.name)} has not reported for {listing.window:g} s: "
+                        "no longer waited for")
+        pending = wait.pending()
+        if not pending:
+            return 0
+        if time.monotonic() >= deadline:
+            doing = {"down": "still routing traffic" + (" or holding sessions" if options.idle else ""),
+                     "up": "not routing traffic yet"}[direction]
+            _note(prog, f"error: timed out after {timeout:g} s; {doing}: {_pending_text(wait, pending, listing.now)} "
+                        f"({CHANGE_MADE[direction]})")
+            return 1
+        time.sleep(WAIT_POLL_SECONDS)
+
+
 ACTION_FUNCTIONS: Dict[str, Callable[[str, Spool, argparse.Namespace], int]] = {
     "up": action_up,
     "down": action_down,
@@ -435,7 +754,7 @@ ACTION_FUNCTIONS: Dict[str, Callable[[str, Spool, argparse.Namespace], int]] = {
 def _check_usage(action: str, options) -> None:
     if options.service_host is not None and options.service_port is None:
         raise UsageError("-H/--service-host needs -P/--service-port")
-    if action in ("up", "down", "status") and not options.services:
+    if action in ("up", "down", "status") and not options.services and not options.lb:
         raise UsageError(f"{action} needs at least one service name")
     if action in ("status_downed", "list") and options.services:
         raise UsageError(f"{action} takes no service names")
@@ -445,6 +764,20 @@ def _check_usage(action: str, options) -> None:
         raise UsageError("--drain only applies to down")
     if options.effective and action != "status":
         raise UsageError("--effective only applies to status")
+    _check_load_balancer_usage(action, options)
+
+
+def _check_load_balancer_usage(action: str, options) -> None:
+    if options.lb and action != "status":
+        raise UsageError("--lb only applies to status")
+    if options.lb and options.effective:
+        raise UsageError("--effective does not apply to --lb (the load balancers' view)")
+    if (options.wait or options.timeout is not None) and action not in ("up", "down"):
+        raise UsageError("--wait and --timeout only apply to up and down")
+    if options.idle and action != "down":
+        raise UsageError("--idle only applies to down")
+    if (options.timeout is not None or options.idle) and not options.wait:
+        raise UsageError("--timeout and --idle need --wait")
 
 
 def _check_names(action: str, options) -> None:

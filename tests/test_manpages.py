@@ -17,10 +17,11 @@ COMMAND_SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS",
 FILE_SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "KEYS", "FILES", "EXAMPLES", "SEE ALSO")
 # The options each tool's page must explain: those its action uses (the others are ignored).
 TOOL_OPTIONS = {
-    "haup": {"--spool-root", "--service-port", "--service-host", "--help"},
+    "haup": {"--spool-root", "--service-port", "--service-host", "--wait", "--timeout", "--port", "--help"},
     "hadown": {"--spool-root", "--reason", "--expiration", "--service-port", "--service-host", "--drain",
-               "--help"},
-    "hastatus": {"--spool-root", "--service-port", "--service-host", "--json", "--effective", "--help"},
+               "--wait", "--timeout", "--idle", "--port", "--help"},
+    "hastatus": {"--spool-root", "--service-port", "--service-host", "--json", "--effective", "--lb", "--port",
+                 "--help"},
     "hashowdowned": {"--spool-root", "--json", "--help"},
     "halist": {"--port", "--json", "--help"},
 }
