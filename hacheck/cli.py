@@ -507,7 +507,7 @@ CHANGE_MADE = {"down": "the downtime is written", "up": "the downtime is removed
 
 
 @dataclasses.dataclass(frozen=True)
-class LbReport:
+class LbEntry:
     """One load balancer's last report on one server, as the daemon's ``GET /status/lb`` lists it."""
 
     node: str
@@ -537,10 +537,10 @@ class LbReport:
 
 
 @dataclasses.dataclass(frozen=True)
-class LbView:
-    """The daemon's view of the load balancers at one moment, by the daemon's clock."""
+class LbListing:
+    """What the daemon's /status/lb listed at one moment, with its clock (``now``) and window then."""
 
-    reports: List[LbReport]
+    entries: List[LbEntry]
     now: float
     window: float
 
@@ -554,18 +554,18 @@ def _field(entry: dict, name: str, kinds: tuple, optional: bool = True):
     return value
 
 
-def _lb_report(entry) -> LbReport:
+def _lb_entry(entry) -> LbEntry:
     """An entry of /status/lb; ValueError when it is not one."""
     if not isinstance(entry, dict):
         raise ValueError("an entry is not an object")
     texts = {name: _field(entry, name, (str,), optional=False)
              for name in ("node", "backend", "server", "service", "state")}
-    return LbReport(**texts, port=_field(entry, "port", (int,)), host=_field(entry, "host", (str,)),
-                    transition=_field(entry, "transition", (str,)), scur=_field(entry, "scur", (int,)),
-                    seen=float(_field(entry, "seen", (int, float), optional=False)), document=entry)
+    return LbEntry(**texts, port=_field(entry, "port", (int,)), host=_field(entry, "host", (str,)),
+                   transition=_field(entry, "transition", (str,)), scur=_field(entry, "scur", (int,)),
+                   seen=float(_field(entry, "seen", (int, float), optional=False)), document=entry)
 
 
-def fetch_lb_view(port: int, service: Optional[str] = None, timeout: float = DAEMON_TIMEOUT) -> LbView:
+def fetch_lb_listing(port: int, service: Optional[str] = None, timeout: float = DAEMON_TIMEOUT) -> LbListing:
     """The daemon's ``/status/lb`` (``?service=`` when given); ToolError when unreachable or not one."""
     path = "/status/lb" + (f"?service={urllib.parse.quote(service, safe='')}" if service is not None else "")
     what = "a /status/lb JSON document (a daemon older than the load balancers' view?)"
@@ -574,39 +574,40 @@ def fetch_lb_view(port: int, service: Optional[str] = None, timeout: float = DAE
         entries = document["load_balancers"]
         if not isinstance(entries, list):
             raise ValueError("load_balancers is not a list")
-        return LbView([_lb_report(entry) for entry in entries],
-                      float(_field(document, "now", (int, float), optional=False)),
-                      float(_field(document, "window_seconds", (int, float), optional=False)))
+        return LbListing([_lb_entry(entry) for entry in entries],
+                         float(_field(document, "now", (int, float), optional=False)),
+                         float(_field(document, "window_seconds", (int, float), optional=False)))
     except (ValueError, KeyError, TypeError):
         raise ToolError(f"the daemon at http://127.0.0.1:{port}{path} did not answer with {what}") from None
 
 
-def read_lb_view(options) -> LbView:
-    """The reports on the services asked about (every one for none or ``all``), narrowed by -P and -H.
+def read_lb_listing(options) -> LbListing:
+    """The entries on the services asked about (every one for none or ``all``), narrowed by -P and -H.
 
     One request per service (the daemon filters), one in all for every service.
     """
     names = list(dict.fromkeys(options.services))
-    views = [fetch_lb_view(options.port, None if not names or ALL in names else service)
-             for service in (names if names and ALL not in names else [None])]
-    newest: Dict[tuple, LbReport] = {}
-    for report in (report for view in views for report in view.reports):
-        if _narrowed_to(report, options) and (report.key not in newest or report.seen > newest[report.key].seen):
-            newest[report.key] = report
-    return LbView([newest[key] for key in sorted(newest)], max(view.now for view in views), views[-1].window)
+    every_service = not names or ALL in names
+    listings = [fetch_lb_listing(options.port, service) for service in ([None] if every_service else names)]
+    newest: Dict[tuple, LbEntry] = {}
+    for entry in (entry for listing in listings for entry in listing.entries):
+        if _narrowed_to(entry, options) and (entry.key not in newest or entry.seen > newest[entry.key].seen):
+            newest[entry.key] = entry
+    return LbListing([newest[key] for key in sorted(newest)], max(listing.now for listing in listings),
+                     listings[-1].window)
 
 
-def _narrowed_to(report: LbReport, options) -> bool:
-    """Whether -P (the port whose downtimes the check consults) and -H (its host) take in ``report``."""
-    if options.service_port is not None and report.port != options.service_port:
+def _narrowed_to(entry: LbEntry, options) -> bool:
+    """Whether -P (the port whose downtimes the check consults) and -H (its host) take in ``entry``."""
+    if options.service_port is not None and entry.port != options.service_port:
         return False
-    return options.service_host is None or _normal_host(report.host) == _normal_host(options.service_host)
+    return options.service_host is None or _normal_host(entry.host) == _normal_host(options.service_host)
 
 
-def _lb_line(report: LbReport, seconds: float) -> str:
+def _lb_line(entry: LbEntry, seconds: float) -> str:
     """NODE, BACKEND/SERVER, STATE, SCUR and a number of seconds, tab-separated."""
-    return "\t".join([_printable(report.node), _printable(f"{report.backend}/{report.server}"),
-                      _printable(report.state_text), "-" if report.scur is None else str(report.scur),
+    return "\t".join([_printable(entry.node), _printable(f"{entry.backend}/{entry.server}"),
+                      _printable(entry.state_text), "-" if entry.scur is None else str(entry.scur),
                       f"{max(seconds, 0.0):.1f}"])
 
 
@@ -621,12 +622,12 @@ def _nobody_reports(options, services: Sequence[str], window: float) -> str:
 
 def action_status_lb(prog: str, options) -> int:
     """hastatus --lb: one line (or JSON object) per report the daemon holds; exit 0 whatever they say."""
-    view = read_lb_view(options)
-    if not view.reports:
-        _note(prog, f"note: {_nobody_reports(options, options.services, view.window)} "
-                    "(HAProxy sends its view with 'http-check send-state')")
-    for report in view.reports:
-        _say(json.dumps(report.document) if options.json else _lb_line(report, view.now - report.seen))
+    listing = read_lb_listing(options)
+    if not listing.entries:
+        _note(prog, f"note: {_nobody_reports(options, options.services, listing.window)} "
+                    "(HAProxy sends its listing with 'http-check send-state')")
+    for entry in listing.entries:
+        _say(json.dumps(entry.document) if options.json else _lb_line(entry, listing.now - entry.seen))
     return 0
 
 
@@ -643,71 +644,71 @@ class LbWait:
     direction: str
     idle: bool
     changed_at: float
-    newest: Dict[tuple, LbReport] = dataclasses.field(default_factory=dict)
-    confirmed: Dict[tuple, LbReport] = dataclasses.field(default_factory=dict)
+    newest: Dict[tuple, LbEntry] = dataclasses.field(default_factory=dict)
+    confirmed: Dict[tuple, LbEntry] = dataclasses.field(default_factory=dict)
 
-    def confirms(self, report: LbReport) -> bool:
-        if report.seen < self.changed_at:
+    def confirms(self, entry: LbEntry) -> bool:
+        if entry.seen < self.changed_at:
             return False
         if self.direction == "up":
-            return report.state == "UP" and report.transition is None
-        return report.state != "UP" and (not self.idle or report.scur == 0)
+            return entry.state == "UP" and entry.transition is None
+        return entry.state != "UP" and (not self.idle or entry.scur == 0)
 
-    def take(self, view: LbView) -> List[LbReport]:
-        """Learn from ``view``; returns the reports that confirmed their entry for the first time."""
+    def take(self, listing: LbListing) -> List[LbEntry]:
+        """Learn from ``listing``; returns the reports that confirmed their entry for the first time."""
         newly = []
-        for report in view.reports:
-            known = self.newest.get(report.key)
-            if known is None or report.seen >= known.seen:
-                self.newest[report.key] = report
-            if report.key not in self.confirmed and self.confirms(report):
-                self.confirmed[report.key] = report
-                newly.append(report)
+        for entry in listing.entries:
+            known = self.newest.get(entry.key)
+            if known is None or entry.seen >= known.seen:
+                self.newest[entry.key] = entry
+            if entry.key not in self.confirmed and self.confirms(entry):
+                self.confirmed[entry.key] = entry
+                newly.append(entry)
         return newly
 
-    def forget_gone(self, view: LbView) -> List[LbReport]:
+    def forget_gone(self, listing: LbListing) -> List[LbEntry]:
         """Drop the entries whose newest report left the daemon's window; returns those not confirmed.
 
         An entry missing from one listing but seen within the window still counts: with -n a worker
         may not have merged a fresh report yet, and a restarted daemon lists nothing for a moment.
         """
-        listed = {report.key for report in view.reports}
-        gone = [report for key, report in self.newest.items()
-                if key not in listed and view.now - report.seen > view.window]
-        for report in gone:
-            del self.newest[report.key]
-        return [report for report in gone if report.key not in self.confirmed]
+        listed = {entry.key for entry in listing.entries}
+        gone = [entry for key, entry in self.newest.items()
+                if key not in listed and listing.now - entry.seen > listing.window]
+        for entry in gone:
+            del self.newest[entry.key]
+        return [entry for entry in gone if entry.key not in self.confirmed]
 
-    def pending(self) -> List[LbReport]:
-        return [report for key, report in sorted(self.newest.items()) if key not in self.confirmed]
+    def pending(self) -> List[LbEntry]:
+        return [entry for key, entry in sorted(self.newest.items()) if key not in self.confirmed]
 
 
-def _pending_text(wait: LbWait, pending: List[LbReport], now: float) -> str:
+def _pending_text(wait: LbWait, pending: List[LbEntry], now: float) -> str:
     """'lb3 be_web/srv1 (UP 1/2, scur 2, last check 1.4 s ago), ...'."""
     texts = []
-    for report in pending:
-        before = ", before the change" if report.seen < wait.changed_at else ""
-        scur = "-" if report.scur is None else report.scur
-        texts.append(f"{_printable(report.name)} ({_printable(report.state_text)}, scur {scur}, "
-                     f"last check {max(now - report.seen, 0.0):.1f} s ago{before})")
+    for entry in pending:
+        before = ", before the change" if entry.seen < wait.changed_at else ""
+        scur = "-" if entry.scur is None else entry.scur
+        texts.append(f"{_printable(entry.name)} ({_printable(entry.state_text)}, scur {scur}, "
+                     f"last check {max(now - entry.seen, 0.0):.1f} s ago{before})")
     return ", ".join(texts)
 
 
-def _no_load_balancer(options, view: LbView) -> Optional[str]:
+def _no_load_balancer(options, listing: LbListing) -> Optional[str]:
     """Why --wait cannot begin (None when it can): a service asked about that nobody reports on."""
-    reported = {report.service for report in view.reports}
+    reported = {entry.service for entry in listing.entries}
     services = list(dict.fromkeys(options.services))
     missing = [] if ALL in services else [service for service in services if service not in reported]
-    if (ALL in services and not view.reports) or missing:
-        return (f"{_nobody_reports(options, missing or services, view.window)}: enable "
+    if (ALL in services and not listing.entries) or missing:
+        return (f"{_nobody_reports(options, missing or services, listing.window)}: enable "
                 "'http-check send-state' in HAProxy's backends so that --wait can see them")
     return None
 
 
 def wait_for_load_balancers(prog: str, options, direction: str, changed_at: float) -> int:
-    """hadown/haup --wait: poll the daemon's view until every entry confirmed ``direction`` (exit 0).
+    """hadown/haup --wait: poll the daemon's listing until every entry confirmed ``direction`` (exit 0).
 
-    Exit 1 when the daemon cannot be read or at the timeout, 3 when a service has no reports at all.
+    Exit 1 when the daemon cannot be read or at the timeout, 3 when a service has no entries at all.
     """
     wait = LbWait(direction, options.idle, changed_at)
     timeout = options.timeout or DEFAULT_WAIT_TIMEOUT
@@ -715,19 +716,19 @@ def wait_for_load_balancers(prog: str, options, direction: str, changed_at: floa
     first = True
     while True:
         try:
-            view = read_lb_view(options)
+            listing = read_lb_listing(options)
         except ToolError as err:
             raise ToolError(f"{err}; {CHANGE_MADE[direction]}") from None
-        problem = _no_load_balancer(options, view) if first else None
+        problem = _no_load_balancer(options, listing) if first else None
         if problem is not None:
             _note(prog, f"error: {problem} ({CHANGE_MADE[direction]})")
             return EXIT_NO_LOAD_BALANCER
         first = False
-        for report in wait.take(view):
-            _say(_lb_line(report, report.seen - changed_at))
+        for entry in wait.take(listing):
+            _say(_lb_line(entry, entry.seen - changed_at))
             sys.stdout.flush()  # progress: each load balancer as it confirms
-        for report in wait.forget_gone(view):
-            _note(prog, f"note: {_printable(report.name)} has not reported for {view.window:g} s: "
+        for entry in wait.forget_gone(listing):
+            _note(prog, f"note: {_printable(entry.name)} has not reported for {listing.window:g} s: "
                         "no longer waited for")
         pending = wait.pending()
         if not pending:
@@ -735,7 +736,7 @@ def wait_for_load_balancers(prog: str, options, direction: str, changed_at: floa
         if time.monotonic() >= deadline:
             doing = {"down": "still routing traffic" + (" or holding sessions" if options.idle else ""),
                      "up": "not routing traffic yet"}[direction]
-            _note(prog, f"error: timed out after {timeout:g} s; {doing}: {_pending_text(wait, pending, view.now)} "
+            _note(prog, f"error: timed out after {timeout:g} s; {doing}: {_pending_text(wait, pending, listing.now)} "
                         f"({CHANGE_MADE[direction]})")
             return 1
         time.sleep(WAIT_POLL_SECONDS)

@@ -46,7 +46,8 @@ _SUFFIX = ".json"
 class LbReport(NamedTuple):
     """One load balancer's last report on one server, and the check that carried it.
 
-    A named tuple: one is made per check that carries the header, and a tuple is the cheapest to make.
+    A named tuple, with the counts kept as sent and read when shown: one is made per check that
+    carries the header, and this is the least work to make one.
     """
 
     node: str
@@ -57,9 +58,9 @@ class LbReport(NamedTuple):
     host: Optional[str]  # the target host whose downtimes the check consulted; None: this machine
     state: str
     transition: Optional[str]  # "1/2" while HAProxy counts towards a change of state
-    weight: Optional[str]
-    scur: Optional[int]  # the server's current sessions (the number before the "/")
-    qcur: Optional[int]
+    weight_sent: Optional[str]  # the header's weight=, scur= and qcur= as sent
+    scur_sent: Optional[str]
+    qcur_sent: Optional[str]
     seen: float  # when the check arrived (unix time)
 
     @property
@@ -71,8 +72,24 @@ class LbReport(NamedTuple):
         """UP, also while counting towards DOWN ("UP 1/2"): HAProxy still sends it traffic."""
         return self.state == "UP"
 
+    @property
+    def weight(self) -> Optional[str]:
+        """``1/2`` (the server's weight / the backend's), when sent as two counts."""
+        return _ratio(self.weight_sent)
+
+    @property
+    def scur(self) -> Optional[int]:
+        """The server's current sessions: the number before the "/" of ``scur=13/22``."""
+        return _first_count(self.scur_sent)
+
+    @property
+    def qcur(self) -> Optional[int]:
+        return _first_count(self.qcur_sent)
+
     def as_json(self) -> dict:
-        return self._asdict()
+        return {"node": self.node, "backend": self.backend, "server": self.server, "service": self.service,
+                "port": self.port, "host": self.host, "state": self.state, "transition": self.transition,
+                "weight": self.weight, "scur": self.scur, "qcur": self.qcur, "seen": self.seen}
 
 
 def _name(text: Optional[str]) -> Optional[str]:
@@ -105,7 +122,8 @@ def _ratio(text: Optional[str]) -> Optional[str]:
 def report_from_header(state_field: str, fields: Dict[str, str], service: str, port: int, host: Optional[str],
                        seen: float) -> Optional[LbReport]:
     """The report a header's first field (``UP 2/3``) and its ``fields`` (name -> value) make, or None when it
-    is not one: no state word, no node, a name without "/" (the check is answered as usual either way)."""
+    is not one: no state word, no node, a name without "/" (the check is answered as usual either way).
+    Counts are checked when shown (a malformed one shows as null)."""
     node = _name(fields.get("node"))
     backend, slash, server = fields.get("name", "").partition("/")
     if node is None or not slash or _name(backend) is None or _name(server) is None:
@@ -113,9 +131,9 @@ def report_from_header(state_field: str, fields: Dict[str, str], service: str, p
     state = _STATE_PATTERN.fullmatch(state_field)
     if state is None:
         return None
+    get = fields.get
     return LbReport(node, backend, server, service, port, host, state.group(1), state.group(2),
-                    _ratio(fields.get("weight")), _first_count(fields.get("scur")), _first_count(fields.get("qcur")),
-                    seen)
+                    get("weight"), get("scur"), get("qcur"), seen)
 
 
 class LbView:
