@@ -98,9 +98,10 @@ global
             process.wait()
 
 
-def defaults_section(mode: str = "http") -> str:
-    return (f"defaults\n    mode {mode}\n    timeout connect 2s\n    timeout client 5s\n"
-            f"    timeout server 5s\n    timeout check 5s\n")
+def defaults_section(mode: str = "http", idle_timeout: str = "5s") -> str:
+    """``idle_timeout``: how long a connection through the proxy may stay silent (timeout client and server)."""
+    return (f"defaults\n    mode {mode}\n    timeout connect 2s\n    timeout client {idle_timeout}\n"
+            f"    timeout server {idle_timeout}\n    timeout check 5s\n")
 
 
 @contextlib.contextmanager
@@ -118,10 +119,10 @@ frontend fe
         yield lb
 
 
-def backend(name, check_path, server_port, hacheck_port, extra=""):
+def backend(name, check_path, server_port, hacheck_port, extra="", server="srv", inter="200ms"):
     return f"""
 backend {name}
     option httpchk GET {check_path}
     {extra}
-    server srv 127.0.0.1:{server_port} check port {hacheck_port} inter 200ms fall 2 rise 2
+    server {server} 127.0.0.1:{server_port} check port {hacheck_port} inter {inter} fall 2 rise 2
 """
