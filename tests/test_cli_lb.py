@@ -28,8 +28,9 @@ class LoadBalancer:
     """One stand-in HAProxy checking ``service`` on ``port`` through the daemon's /spool route."""
 
     def __init__(self, daemon_port: int, node: str, service: str = "web", port: int = 8080,
-                 backend: str = "be_web", server: str = "srv1", interval: float = 0.4):
+                 backend: str = "be_web", server: str = "srv1", interval: float = 0.4, address: str = "127.0.0.1"):
         self.daemon_port, self.node, self.service, self.port = daemon_port, node, service, port
+        self.address = address
         self.backend, self.server, self.interval = backend, server, interval
         self.fall = self.rise = 2
         self.up, self.streak = True, 0  # HAProxy's view: its state and the checks so far against it
@@ -48,7 +49,7 @@ class LoadBalancer:
         return f"{'UP' if self.up else 'DOWN'} {self.streak}/{self.fall if self.up else self.rise}"
 
     def header(self, state: str) -> str:
-        return (f"{state}; address=127.0.0.1; port={self.port}; name={self.backend}/{self.server}; "
+        return (f"{state}; address={self.address}; port={self.port}; name={self.backend}/{self.server}; "
                 f"node={self.node}; weight=1/1; scur={self.scur}/{self.scur}; qcur=0")
 
     def check(self) -> None:
@@ -334,6 +335,16 @@ def test_down_wait_narrowed_by_port(daemon, tool, load_balancers):
     assert (result.returncode, result.stderr) == (0, ""), result
     assert {node: line[1] for node, line in wait_lines(result.stdout).items()} == {"lb1": "DOWN"}
     assert not lb1.up and lb2.up and lb2.state() == "UP"
+
+
+def test_down_wait_narrowed_by_host_and_port(daemon, tool, load_balancers):
+    # Two servers on one port, on two hosts (send-state's address=): -H takes the one on that host only.
+    here = load_balancers(daemon.port, "lb1", port=8080)
+    there = load_balancers(daemon.port, "lb2", port=8080, server="srv2", address="192.0.2.10")
+    result = tool.run("hadown", "--wait", "--timeout", "30", "-P", "8080", "-H", "192.0.2.10", "-r", "deploy", "web")
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert {node: line[:2] for node, line in wait_lines(result.stdout).items()} == {"lb2": ("be_web/srv2", "DOWN")}
+    assert not there.up and here.up and here.state() == "UP"
 
 
 def test_wait_exits_3_when_no_load_balancer_reports(daemon, tool, load_balancers):
