@@ -136,6 +136,19 @@ def report_from_header(state_field: str, fields: Dict[str, str], service: str, p
                     get("weight"), get("scur"), get("qcur"), seen)
 
 
+def _worker_alive(path: str) -> bool:
+    """Whether the worker that publishes ``path`` (named by its pid) still runs."""
+    try:
+        os.kill(int(os.path.basename(path)[:-len(_SUFFIX)]), 0)
+    except ValueError:
+        return False  # not a worker's file
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of that pid runs, as another user
+    return True
+
+
 class LbView:
     """The reports this process received, and (``shared_dir``) the other workers' published ones."""
 
@@ -228,12 +241,14 @@ class LbView:
 
     def _peer_file(self, path: str, now: float) -> List[LbReport]:
         """One peer's reports, parsed again only when its file changed. A file not written for longer
-        than the window holds only forgotten reports (a worker gone, or idle): removed."""
+        than the window holds only forgotten reports: skipped, and removed once its worker is gone (a
+        live one may be writing it again right now)."""
         try:
             status = os.stat(path)
             if status.st_mtime < now - self.window:
-                os.unlink(path)
                 self._peer_files.pop(path, None)
+                if not _worker_alive(path):
+                    os.unlink(path)
                 return []
             signature = (status.st_mtime_ns, status.st_size)
             cached = self._peer_files.get(path)

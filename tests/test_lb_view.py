@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import http_request, wait_until
+from tests.conftest import children, http_request, wait_until
 from tests.test_metrics import scrape_daemon, total
 
 HEADER = "X-Haproxy-Server-State"
@@ -152,3 +152,19 @@ def test_two_workers_show_one_view(hacheck_daemon):
         assert [entry[0] for entry in listed(daemon)] == nodes
         samples = scrape_daemon(daemon)
         assert sorted(labels["node"] for name, labels, _ in samples if name == "hacheck_lb_server_up") == nodes
+
+
+def test_the_reports_a_killed_worker_received_stay_in_the_view(hacheck_daemon):
+    daemon = hacheck_daemon(args=["-n", "2"])
+    nodes = [f"lb{number:02}" for number in range(30)]
+    for node in nodes:
+        status, _, _ = http_request(daemon.port, "/spool/web/8080", headers={HEADER: server_state(node=node)})
+        assert status == 200
+    wait_until(lambda: [entry[0] for entry in listed(daemon)] == nodes, timeout=5, what="every report in the view")
+    victim = min(children(daemon.pid))
+    os.kill(victim, signal.SIGKILL)  # it received about half of them
+    wait_until(lambda: len(children(daemon.pid)) == 2 and victim not in children(daemon.pid),
+               what="a replacement worker")
+    # What the load balancers said is still what they said: the new worker and the old one both show it.
+    for _ in range(12):
+        assert [entry[0] for entry in listed(daemon)] == nodes
