@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from hacheck.lb_view import PUBLISH_INTERVAL
 from tests.conftest import children, http_request, wait_until
 from tests.test_metrics import scrape_daemon, total
 
@@ -161,6 +162,9 @@ def test_the_reports_a_killed_worker_received_stay_in_the_view(hacheck_daemon):
         status, _, _ = http_request(daemon.port, "/spool/web/8080", headers={HEADER: server_state(node=node)})
         assert status == 200
     wait_until(lambda: [entry[0] for entry in listed(daemon)] == nodes, timeout=5, what="every report in the view")
+    # A worker shows its own reports at once and publishes them within PUBLISH_INTERVAL: a worker killed
+    # before that loses what it received since (the next check of each load balancer tells it again).
+    time.sleep(3 * PUBLISH_INTERVAL)
     victim = min(children(daemon.pid))
     os.kill(victim, signal.SIGKILL)  # it received about half of them
     wait_until(lambda: len(children(daemon.pid)) == 2 and victim not in children(daemon.pid),
