@@ -733,6 +733,8 @@ def test_purge_leaves_the_sites_unit_its_link_config_and_spool(box):
 
 def test_a_site_that_deletes_its_unit_gets_the_packages_socket_and_unit(box):
     box.run("apt-get install -y -q /root/ci/current.deb")
+    # The site's unit (no socket) was started by the install: apt returns before the daemon listens.
+    box.wait_answers()
     assert box.show("hacheck.service", "FragmentPath") == SITE_UNIT
     before = site_view(box)
     box.run(f"systemctl disable --now hacheck && rm {SITE_UNIT} && systemctl daemon-reload "
