@@ -139,15 +139,20 @@ def test_metrics_show_each_report(hacheck_daemon):
     assert total(samples, "hacheck_lb_server_up", backend="be_web", server="srv1") == 1
 
 
-def test_two_workers_show_one_view(hacheck_daemon):
-    daemon = hacheck_daemon(args=["-n", "2"])
-    nodes = [f"lb{number:02}" for number in range(30)]
-    # Each report on a connection of its own: the kernel spreads them over both workers.
+def report_on_connections_of_their_own(daemon, count: int = 30) -> list:
+    """``count`` load balancers report, each on a connection of its own (the kernel spreads them over the
+    workers), until the view lists them all; returns their node names."""
+    nodes = [f"lb{number:02}" for number in range(count)]
     for node in nodes:
         status, _, _ = http_request(daemon.port, "/spool/web/8080", headers={HEADER: server_state(node=node)})
         assert status == 200
-    wait_until(lambda: [entry[0] for entry in listed(daemon)] == nodes, timeout=5,
-               what="every report in the view")
+    wait_until(lambda: [entry[0] for entry in listed(daemon)] == nodes, timeout=5, what="every report in the view")
+    return nodes
+
+
+def test_two_workers_show_one_view(hacheck_daemon):
+    daemon = hacheck_daemon(args=["-n", "2"])
+    nodes = report_on_connections_of_their_own(daemon)
     # Whichever worker answers (a connection each), the same view: also when it received none of them.
     for _ in range(12):
         assert [entry[0] for entry in listed(daemon)] == nodes
@@ -157,11 +162,7 @@ def test_two_workers_show_one_view(hacheck_daemon):
 
 def test_the_reports_a_killed_worker_received_stay_in_the_view(hacheck_daemon):
     daemon = hacheck_daemon(args=["-n", "2"])
-    nodes = [f"lb{number:02}" for number in range(30)]
-    for node in nodes:
-        status, _, _ = http_request(daemon.port, "/spool/web/8080", headers={HEADER: server_state(node=node)})
-        assert status == 200
-    wait_until(lambda: [entry[0] for entry in listed(daemon)] == nodes, timeout=5, what="every report in the view")
+    nodes = report_on_connections_of_their_own(daemon)
     # A worker shows its own reports at once and publishes them within PUBLISH_INTERVAL: a worker killed
     # before that loses what it received since (the next check of each load balancer tells it again).
     time.sleep(3 * PUBLISH_INTERVAL)

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -11,7 +10,7 @@ import time
 import pytest
 
 from hacheck.spool import Spool
-from tests.conftest import http_request, port_open, tool_argv, tool_env
+from tests.conftest import http_request, port_open, raw_exchange, tool_argv, tool_env
 from tests.e2e.support import operator_tool, threaded_upstream
 
 
@@ -35,14 +34,7 @@ def test_haproxy_style_request_http10_lowercase_state_header(hacheck_daemon):
         request = (f"GET /http/web/1/health HTTP/1.0\r\n"
                    f"x-haproxy-server-state: UP 2/3; address=127.0.0.1; port={port}; name=be/srv1; "
                    f"node=lb1; weight=1/1; scur=0/1; qcur=0\r\n\r\n").encode()
-        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as connection:
-            connection.sendall(request)
-            answer = b""
-            while True:
-                chunk = connection.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
+        answer = raw_exchange(daemon.port, request, timeout=10)
         status_line, _, rest = answer.partition(b"\r\n")
         assert status_line.split()[1] == b"200", answer
         assert rest.endswith(b"healthy")
